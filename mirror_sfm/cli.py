@@ -1,0 +1,209 @@
+"""`mirror_sfm` command line: a thin layer over the library (extract, pairs, whiten, match, reconstruct, vocabtree)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .errors import MirrorError
+from .extract import ExtractionOptions
+from .pairs import PairsOptions
+from .retrieval import RetrievalOptions
+
+logger = logging.getLogger("mirror_sfm")
+
+
+def _add_extraction_args(p: argparse.ArgumentParser) -> None:
+    d = ExtractionOptions()
+    g = p.add_argument_group("descriptors")
+    g.add_argument("--weights", default=d.weights,
+                   help="'default' (shipped fine-tuned weights, else ImageNet), 'imagenet', or a checkpoint path")
+    g.add_argument("--resize", type=int, default=d.resize, help="long side in px of the whole image (default %(default)s)")
+    g.add_argument("--pooling", choices=["mac", "gem", "rmac"], default=d.pooling, help="global descriptor (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--device", default=d.device, help="auto | cpu | cuda (default %(default)s)")
+    g.add_argument("--num-workers", type=int, default=d.num_workers, help="image decoding processes")
+
+
+def _add_retrieval_args(p: argparse.ArgumentParser) -> None:
+    d = RetrievalOptions()
+    g = p.add_argument_group("retrieval")
+    g.add_argument("--rerank", choices=["prmac", "none"], default=d.rerank,
+                   help="re-rank a shortlist by PR-MAC regional matching (default %(default)s)")
+    g.add_argument("--shortlist", type=int, default=d.shortlist, help="candidates re-ranked per query (default %(default)s)")
+    g.add_argument("--query-expansion", type=int, default=d.query_expansion, metavar="N",
+                   help="alpha query expansion over the top N (0 = off, default)")
+    g.add_argument("--whitening", choices=["none", "model", "database"], default=d.whitening,
+                   help="descriptor whitening: none, the model's own, or PCA fitted on these images (default %(default)s)")
+    g.add_argument("--exact-max", type=int, default=d.exact_max, help="exact search up to this many images, IVF above")
+
+
+def _extraction_options(args) -> ExtractionOptions:
+    return ExtractionOptions(resize=args.resize, pooling=args.pooling, weights=args.weights,
+                             batch_size=args.batch_size, device=args.device, num_workers=args.num_workers)
+
+
+def _retrieval_options(args) -> RetrievalOptions:
+    return RetrievalOptions(num_matched=args.num_matched, rerank=args.rerank, shortlist=args.shortlist,
+                            query_expansion=args.query_expansion, whitening=args.whitening, exact_max=args.exact_max)
+
+
+def _apply_config(args: argparse.Namespace, argv: list[str]) -> None:
+    """`--config FILE.yaml` fills options (keys are long option names) that the command line did not give."""
+    path = getattr(args, "config", None)
+    if not path:
+        return
+    path = Path(path)
+    if not path.is_file():
+        raise MirrorError(f"config file not found: {path}")
+    conf = yaml.safe_load(path.read_text()) or {}
+    tokens = {a.split("=")[0] for a in argv if a.startswith("-")}
+    given = {a.dest for a in _SUBPARSERS[args.command]._actions if tokens & set(a.option_strings)}
+    for key, value in conf.items():
+        dest = key.replace("-", "_")
+        if not hasattr(args, dest):
+            raise MirrorError(f"{path}: unknown option {key!r} for '{args.command}'")
+        if dest not in given:
+            setattr(args, dest, value)
+
+
+def cmd_extract(args) -> None:
+    from .extract import extract
+    res = extract(args.images, args.output, _extraction_options(args))
+    print(f"{res.num_extracted} described, {res.num_cached} cached, {len(res.skipped)} unreadable -> {res.path}")
+
+
+def cmd_pairs(args) -> None:
+    from .pairs import generate_pairs
+    options = PairsOptions(_extraction_options(args), _retrieval_options(args), args.sequential, args.symmetric)
+    pairs = generate_pairs(args.images, args.output, args.num_matched, features=args.features,
+                           options=options, scores_output=args.scores)
+    print(f"{len(pairs)} pairs -> {args.output}")
+
+
+def cmd_whiten(args) -> None:
+    from .features_io import read_descriptors
+    from .model import load_model, save_weights
+    from .whitening import fit_pca_whitening
+    _, glob, regional = read_descriptors(args.features, regional=True)
+    model = load_model(args.weights)
+    model.whitening = fit_pca_whitening(regional.reshape(-1, regional.shape[-1]), args.dim)
+    model.meta["whitening_fitted_on"] = str(args.features)
+    save_weights(model, args.output)
+    print(f"PCA whitening to {model.whitening.dim}-d fitted on {len(glob)} images -> {args.output}")
+
+
+def cmd_match(args) -> None:
+    from .colmap import match_pairs
+    match_pairs(args.database, args.pairs)
+    print(f"matched the pairs of {args.pairs} into {args.database}")
+
+
+def cmd_reconstruct(args) -> None:
+    from .colmap import ReconstructionOptions, reconstruct
+    retrieval_kwargs = {"options": PairsOptions(_extraction_options(args), _retrieval_options(args),
+                                                args.sequential, False)}
+    options = ReconstructionOptions(pairs=args.pairs, num_matched=args.num_matched, vocab_tree=args.vocab_tree,
+                                    mapper=args.mapper, retrieval_kwargs=retrieval_kwargs)
+    stats = reconstruct(args.images, args.output, options)
+    print(json.dumps({k: stats[k] for k in ("method", "images", "registered", "pairs_to_match",
+                                            "sparse_points", "mean_reprojection_error") if k in stats}))
+
+
+def cmd_vocabtree_build(args) -> None:
+    from .vocabtree import build_vocab_tree
+    path = build_vocab_tree(args.images, args.output, num_words=args.words)
+    print(f"vocabulary tree -> {path}")
+
+
+_SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mirror_sfm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mirror_sfm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("extract", help="describe a folder of images into an h5 file (resumable)")
+    p.add_argument("images", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="descriptor file (.h5)")
+    _add_extraction_args(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("pairs", help="write a COLMAP/hloc pair file by matchable-image retrieval")
+    p.add_argument("images", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="pair file: 'name1 name2' a line")
+    p.add_argument("--num-matched", "-k", type=int, default=20, help="neighbours per image (default %(default)s)")
+    p.add_argument("--features", type=Path, help="descriptor cache (default: OUTPUT-global-feats.h5 beside it)")
+    p.add_argument("--scores", type=Path, help="also write 'name1 name2 score' lines here")
+    p.add_argument("--sequential", type=int, default=0, metavar="W", help="add the next W images in name order")
+    p.add_argument("--symmetric", action="store_true", help="drop (b, a) when (a, b) is listed")
+    p.add_argument("--config", type=Path, help="YAML file of option defaults (e.g. configs/pairs.yaml)")
+    _add_extraction_args(p)
+    _add_retrieval_args(p)
+    p.set_defaults(func=cmd_pairs)
+    _SUBPARSERS["pairs"] = p
+
+    p = sub.add_parser("whiten", help="fit PCA whitening on a descriptor file and save it with the weights")
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--weights", default="default")
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("-o", "--output", type=Path, required=True, help="new weights file (.pt)")
+    p.set_defaults(func=cmd_whiten)
+
+    p = sub.add_parser("match", help="match the pairs of a pair file into a COLMAP database (pycolmap)")
+    p.add_argument("--database", type=Path, required=True)
+    p.add_argument("--pairs", type=Path, required=True)
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("reconstruct", help="SIFT, matching on a pair set, incremental mapping, stats.json")
+    p.add_argument("images", type=Path)
+    p.add_argument("output", type=Path)
+    p.add_argument("--pairs", choices=["retrieval", "vocabtree", "exhaustive", "sequential"], default="retrieval")
+    p.add_argument("--num-matched", "-k", type=int, default=20)
+    p.add_argument("--vocab-tree", type=Path, help="tree file from 'mirror_sfm vocabtree build' (for --pairs vocabtree)")
+    p.add_argument("--mapper", choices=["incremental", "global"], default="incremental")
+    p.add_argument("--sequential", type=int, default=0, metavar="W", help="with retrieval: add the next W images")
+    p.add_argument("--config", type=Path, help="YAML file of option defaults")
+    _add_extraction_args(p)
+    _add_retrieval_args(p)
+    p.set_defaults(func=cmd_reconstruct)
+    _SUBPARSERS["reconstruct"] = p
+
+    p = sub.add_parser("vocabtree", help="vocabulary trees for COLMAP, built locally")
+    vsub = p.add_subparsers(dest="vocab_command", required=True)
+    b = vsub.add_parser("build", help="build a tree from the SIFT features of a folder of images")
+    b.add_argument("images", type=Path)
+    b.add_argument("-o", "--output", type=Path, required=True)
+    b.add_argument("--words", type=int, default=4096, help="number of visual words (default %(default)s)")
+    b.set_defaults(func=cmd_vocabtree_build)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        _apply_config(args, argv)
+        if args.verbose:
+            logger.setLevel(logging.DEBUG)
+        args.func(args)
+    except MirrorError as exc:
+        print(f"mirror_sfm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mirror_sfm: interrupted (finished work is kept; re-run to resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Extract global and regional CNN descriptors for a folder of images into an h5 file (resumable).
+
+The whole image is used (resized so its long side is `resize`, never centre-cropped). From the last
+feature map: a global descriptor (MAC, GeM or R-MAC) and the 35 R-MAC regional vectors for PR-MAC.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from . import features_io
+from .errors import MirrorError
+from .images import check_names, list_images, read_image_rgb
+from .model import RetrievalModel, load_model
+from .pooling import RMAC_STEPS, gem, l2n, mac, regional_mac, rmac_from_regions
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractionOptions:
+    """How descriptors are computed. Defaults chosen on held-out scenes (benchmarks/RESULTS.md)."""
+
+    resize: int = 512            # long side in pixels the whole image is resized to
+    pooling: str = "mac"         # global descriptor: mac | gem | rmac
+    regional: bool = True        # also store the 35 R-MAC regional vectors (PR-MAC re-ranking)
+    weights: str = "default"     # "default" (shipped fine-tuned, else ImageNet) | "imagenet" | checkpoint path
+    batch_size: int = 4          # consecutive images of one size are batched
+    device: str = "auto"         # auto | cpu | cuda
+    num_workers: int = 1         # image decoding processes
+
+
+@dataclass
+class ExtractionResult:
+    path: Path
+    num_images: int
+    num_extracted: int
+    num_cached: int
+    skipped: dict[str, str] = field(default_factory=dict)  # unreadable image name -> reason
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MirrorError("--device cuda asked for, but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+def resized_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """(W, H) scaled so the long side is `long_side` (0 keeps the size)."""
+    if long_side <= 0:
+        return width, height
+    scale = long_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+class ImageFolder(Dataset):
+    """Decoded, resized images as (3, H, W) float tensors in [0, 1]; unreadable ones yield the error."""
+
+    def __init__(self, root: Path, names: list[str], resize: int):
+        self.root, self.names, self.resize = root, names, resize
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int):
+        name = self.names[i]
+        try:
+            rgb = read_image_rgb(self.root / name)
+        except MirrorError as exc:
+            return name, None, None, str(exc)
+        h, w = rgb.shape[:2]
+        size = resized_size(w, h, self.resize)
+        img = Image.fromarray(rgb)
+        if size != (w, h):
+            img = img.resize(size, Image.BILINEAR, reducing_gap=3.0)
+        tensor = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(255.0)
+        return name, tensor, (w, h), None
+
+
+def describe_maps(fmap: torch.Tensor, pooling: str, regional: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Global (B, C) and regional (B, R, C) L2-normalised descriptors of a feature map batch."""
+    regions = regional_mac(fmap, RMAC_STEPS) if (regional or pooling == "rmac") else None
+    if pooling == "mac":
+        glob = l2n(mac(fmap))
+    elif pooling == "gem":
+        glob = l2n(gem(fmap))
+    elif pooling == "rmac":
+        glob = rmac_from_regions(regions)
+    else:
+        raise MirrorError(f"unknown pooling {pooling!r}: choose mac, gem or rmac")
+    return glob, (l2n(regions) if regional else None)
+
+
+def extractor_signature(model: RetrievalModel, options: ExtractionOptions) -> dict:
+    """What determines the stored descriptors: a file made with another signature is recomputed."""
+    digest = hashlib.sha1()
+    for key, value in sorted(model.backbone.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().float().numpy().tobytes()[:4096])
+    return {"model": model.name, "weights_sha1": digest.hexdigest()[:16], "resize": options.resize,
+            "pooling": options.pooling, "regional": options.regional, "rmac_steps": list(RMAC_STEPS)}
+
+
+@torch.no_grad()
+def extract(image_dir: str | Path, output: str | Path, options: ExtractionOptions | None = None,
+            image_names: list[str] | None = None, model: RetrievalModel | None = None) -> ExtractionResult:
+    """Describe every image of `image_dir` (or `image_names`) into the h5 file `output`.
+
+    Images already stored with the same size and mtime are skipped; an interrupted run resumes from
+    `output`.partial; the final file appears only when the run completes. Unreadable images are
+    reported once each and skipped.
+    """
+    options = options or ExtractionOptions()
+    image_dir, output = Path(image_dir), Path(output)
+    if image_names is None:
+        image_names = list_images(image_dir)
+    else:
+        check_names(image_names, image_dir)
+    model = model or load_model(options.weights)
+    device = resolve_device(options.device)
+    model = model.to(device).eval()
+    signature = extractor_signature(model, options)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    f = features_io.open_work_file(output, signature)
+    result = ExtractionResult(output, len(image_names), 0, 0)
+    try:
+        todo = []
+        for name in image_names:
+            path = image_dir / name
+            if not path.is_file():
+                raise MirrorError(f"image not found: {path}")
+            if features_io.is_fresh(f, name, features_io.file_signature(path)):
+                result.num_cached += 1
+            else:
+                todo.append(name)
+        if result.num_cached:
+            logger.info("%d of %d images already described in %s", result.num_cached, len(image_names), output)
+        loader = DataLoader(ImageFolder(image_dir, todo, options.resize), batch_size=None, shuffle=False,
+                            num_workers=options.num_workers if len(todo) > 1 else 0)
+        batch: list = []
+
+        def flush():
+            if not batch:
+                return
+            images = torch.stack([t for _, t, _ in batch]).to(device)
+            glob, reg = describe_maps(model(images), options.pooling, options.regional)
+            glob, reg = glob.cpu().numpy(), (reg.cpu().numpy() if reg is not None else None)
+            for k, (name, _, size) in enumerate(batch):
+                sig = features_io.file_signature(image_dir / name)
+                features_io.write_image(f, name, glob[k], None if reg is None else reg[k], size, sig)
+            f.flush()
+            result.num_extracted += len(batch)
+            batch.clear()
+
+        for name, tensor, size, error in tqdm(loader, total=len(todo), desc="describe images", unit="img",
+                                              disable=not todo):
+            if error is not None:
+                logger.warning("skipping unreadable image: %s", error)
+                result.skipped[name] = error
+                continue
+            if batch and (tensor.shape != batch[0][1].shape or len(batch) >= options.batch_size):
+                flush()
+            batch.append((name, tensor, size))
+        flush()
+    finally:
+        f.close()
+    features_io.finish_work_file(output)
+    if result.num_extracted + result.num_cached == 0:
+        raise MirrorError(f"no readable image in {image_dir} ({len(result.skipped)} unreadable)")
+    logger.info("described %d images (%d cached, %d unreadable) -> %s", result.num_extracted,
+                result.num_cached, len(result.skipped), output)
+    return result
+
+
+def options_dict(options: ExtractionOptions) -> dict:
+    return asdict(options)

@@ -1,0 +1,83 @@
+"""The retrieval model: a backbone plus how its feature map is pooled, and an optional whitening.
+
+Weights files are torch checkpoints `{"format": "mirror_sfm-weights-1", "backbone": name, "state_dict": ...,
+"whitening": {...} | None, "meta": {...}}`. `load_model("default")` takes the fine-tuned weights shipped in
+`mirror_sfm/weights/default.pt` when present, else the ImageNet initialisation, so a trained checkpoint
+drops in with no code change.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .backbones import Backbone, build_backbone
+from .errors import MirrorError
+from .whitening import Whitening
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FORMAT = "mirror_sfm-weights-1"
+DEFAULT_BACKBONE = "efficientnet-lite0"
+PACKAGED_WEIGHTS = Path(__file__).parent / "weights" / "default.pt"
+
+
+class RetrievalModel(nn.Module):
+    """Backbone with its descriptor whitening; `forward` returns the feature map."""
+
+    def __init__(self, backbone: Backbone, whitening: Whitening | None = None, meta: dict | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.whitening = whitening
+        self.meta = dict(meta or {})
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", self.backbone.info.name)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1], (B, 3, H, W) -> feature map (B, C, h, w)."""
+        return self.backbone(self.backbone.normalize(images))
+
+
+def save_weights(model: RetrievalModel, path: str | Path, half: bool = True) -> None:
+    """Save the model's weights (fp16 by default: a few MB) with its whitening and metadata, atomically."""
+    from .io_utils import atomic_path
+
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.backbone.state_dict().items()}
+    ckpt = {
+        "format": WEIGHTS_FORMAT,
+        "backbone": model.backbone.info.name,
+        "state_dict": state,
+        "whitening": model.whitening.to_dict() if model.whitening is not None else None,
+        "meta": model.meta,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def load_model(weights: str | Path = "default", backbone: str = DEFAULT_BACKBONE) -> RetrievalModel:
+    """Load a model: "default" (shipped fine-tuned weights, else ImageNet), "imagenet", or a checkpoint path."""
+    if str(weights) == "default":
+        if PACKAGED_WEIGHTS.is_file():
+            return load_model(PACKAGED_WEIGHTS)
+        weights = "imagenet"
+    if str(weights) == "imagenet":
+        return RetrievalModel(build_backbone(backbone, imagenet=True), None, {"name": f"{backbone}-imagenet"})
+    path = Path(weights)
+    if not path.is_file():
+        raise MirrorError(f"model weights not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise MirrorError(f"cannot read model weights {path}: {exc.__class__.__name__}: {exc}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != WEIGHTS_FORMAT:
+        raise MirrorError(f"not a mirror_sfm weights file: {path}")
+    net = build_backbone(ckpt["backbone"], imagenet=False)
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+    whitening = Whitening.from_dict(ckpt["whitening"]) if ckpt.get("whitening") else None
+    meta = dict(ckpt.get("meta") or {})
+    meta.setdefault("name", path.stem)
+    return RetrievalModel(net, whitening, meta)
