@@ -1,0 +1,177 @@
+"""COLMAP glue on the 12-image mary_rose fixture: pair methods, vocab tree, bad inputs (CPU, ~1 min)."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mirror_sfm.colmap import ReconstructionOptions, count_pairs, match_pairs, reconstruct
+from mirror_sfm.errors import MirrorError
+from mirror_sfm.vocabtree import build_vocab_tree, read_descriptors
+
+FIXTURE = Path(__file__).parent / "fixtures" / "mary_rose" / "images"
+NUM_IMAGES = 12
+STATS_KEYS = {
+    "method", "images", "images_skipped", "registered", "pairs_to_match", "verified_pairs", "num_models",
+    "sparse_points", "observations", "mean_track_length", "mean_reprojection_error", "time_s",
+    "pycolmap_version", "device",
+}
+TIME_KEYS = {"features", "pairs", "matching", "mapping", "total"}
+
+
+@pytest.fixture(scope="module")
+def exhaustive_run(tmp_path_factory) -> tuple[Path, dict]:
+    """One full run (SIFT included); its database is the template the other tests start from."""
+    out = tmp_path_factory.mktemp("exhaustive")
+    return out, reconstruct(FIXTURE, out, ReconstructionOptions(pairs="exhaustive"))
+
+
+@pytest.fixture(scope="module")
+def sift_db(exhaustive_run, tmp_path_factory) -> Path:
+    """A private copy of the exhaustive run's database (SIFT for all 12 images)."""
+    dst = tmp_path_factory.mktemp("sift") / "database.db"
+    shutil.copyfile(exhaustive_run[0] / "database.db", dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def vocab_tree(tmp_path_factory) -> Path:
+    """A 256-word tree trained from the fixture images (SIFT extracted inside)."""
+    out = tmp_path_factory.mktemp("vocab") / "tree-256.bin"
+    return build_vocab_tree(FIXTURE, out, num_words=256, max_image_size=512)
+
+
+def assert_registered(stats: dict, n: int = NUM_IMAGES) -> None:
+    assert stats["registered"] >= 0.8 * n, stats
+
+
+def test_exhaustive_writes_stats(exhaustive_run):
+    out, stats = exhaustive_run
+    assert STATS_KEYS <= set(stats)
+    assert TIME_KEYS <= set(stats["time_s"])
+    assert json.loads((out / "stats.json").read_text()) == stats
+    assert stats["method"] == "exhaustive" and stats["images"] == NUM_IMAGES and stats["images_skipped"] == []
+    assert stats["pairs_to_match"] == NUM_IMAGES * (NUM_IMAGES - 1) // 2
+    assert 0 < stats["verified_pairs"] <= stats["pairs_to_match"]
+    assert_registered(stats)
+    assert stats["sparse_points"] > 100 and stats["observations"] > stats["sparse_points"]
+    assert (out / stats["model"] / "images.bin").is_file()
+    assert not list(out.glob(".*tmp"))
+
+
+def test_resume_reuses_features(exhaustive_run, sift_db, tmp_path):
+    out = tmp_path / "resume"
+    out.mkdir()
+    shutil.copyfile(sift_db, out / "database.db")
+    stats = reconstruct(FIXTURE, out, ReconstructionOptions(pairs="sequential", sequential_overlap=3))
+    assert stats["features_reused"] and stats["time_s"]["features"] < 1.0
+    assert stats["pairs_to_match"] < exhaustive_run[1]["pairs_to_match"]
+    assert count_pairs(out / "database.db")[0] == stats["pairs_to_match"]  # old matches were cleared
+    assert_registered(stats)
+
+
+def test_retrieval(exhaustive_run, sift_db, tmp_path):
+    opts = ReconstructionOptions(pairs="retrieval", num_matched=5, database_template=sift_db)
+    stats = reconstruct(FIXTURE, tmp_path, opts)
+    assert (tmp_path / "pairs-retrieval.txt").is_file()
+    assert 0 < stats["pairs_to_match"] < exhaustive_run[1]["pairs_to_match"]
+    assert_registered(stats)
+
+
+def test_vocab_tree(vocab_tree, sift_db, exhaustive_run, tmp_path):
+    assert vocab_tree.is_file() and vocab_tree.stat().st_size > 0
+    opts = ReconstructionOptions(pairs="vocabtree", num_matched=5, vocab_tree=vocab_tree, database_template=sift_db)
+    stats = reconstruct(FIXTURE, tmp_path, opts)
+    assert 0 < stats["pairs_to_match"] < exhaustive_run[1]["pairs_to_match"]
+    assert_registered(stats)
+
+
+def test_read_descriptors_samples(sift_db):
+    full = read_descriptors(sift_db)
+    assert full.shape[1] == 128 and full.dtype.name == "uint8"
+    sample = read_descriptors([sift_db], max_descriptors=1000)
+    assert sample.shape == (1000, 128)
+
+
+@pytest.fixture
+def mirror_log(caplog):
+    """caplog sees mirror_sfm records (the package logger does not propagate to root)."""
+    logger = logging.getLogger("mirror_sfm")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def test_unreadable_images_are_skipped(sift_db, tmp_path, mirror_log):
+    images = tmp_path / "images"
+    shutil.copytree(FIXTURE, images)
+    (images / "zero.jpg").write_bytes(b"")
+    (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg" * 10)
+    out = tmp_path / "out"
+    stats = reconstruct(images, out, ReconstructionOptions(pairs="exhaustive", database_template=sift_db))
+    assert stats["images"] == NUM_IMAGES + 2
+    assert stats["images_skipped"] == ["corrupt.jpg", "zero.jpg"]
+    assert json.loads((out / "stats.json").read_text())["images_skipped"] == ["corrupt.jpg", "zero.jpg"]
+    assert_registered(stats)
+    for name in ("zero.jpg", "corrupt.jpg"):
+        warnings = [r for r in mirror_log.records if r.levelno == logging.WARNING and name in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_empty_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MirrorError, match=str(empty)):
+        reconstruct(empty, tmp_path / "out", ReconstructionOptions(pairs="exhaustive"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_unreadable_images(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "zero.jpg").write_bytes(b"")
+    with pytest.raises(MirrorError, match="no readable image"):
+        reconstruct(images, tmp_path / "out", ReconstructionOptions(pairs="exhaustive"))
+    assert not (tmp_path / "out" / "stats.json").exists()
+
+
+def test_missing_vocab_tree_keeps_old_stats(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stats.json").write_text('{"old": true}\n')
+    missing = tmp_path / "no-such-tree.bin"
+    with pytest.raises(MirrorError, match=str(missing)):
+        reconstruct(FIXTURE, out, ReconstructionOptions(pairs="vocabtree", vocab_tree=missing))
+    assert (out / "stats.json").read_text() == '{"old": true}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["stats.json"]
+
+
+def test_name_with_space(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for src in sorted(FIXTURE.iterdir())[:2]:
+        shutil.copy(src, images / src.name)
+    shutil.copy(FIXTURE / "IMG_9675.jpg", images / "IMG 9675.jpg")
+    with pytest.raises(MirrorError, match="IMG 9675.jpg"):
+        reconstruct(images, tmp_path / "out", ReconstructionOptions(pairs="exhaustive"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_option(tmp_path):
+    with pytest.raises(MirrorError, match="pairs must be one of"):
+        reconstruct(FIXTURE, tmp_path / "out", ReconstructionOptions(pairs="nearest"))
+
+
+def test_match_pairs_errors(sift_db, tmp_path):
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("IMG_9669.jpg IMG_9670.jpg\n")
+    with pytest.raises(MirrorError, match="database not found"):
+        match_pairs(tmp_path / "missing.db", pairs)
+    with pytest.raises(MirrorError, match="pair file not found"):
+        match_pairs(sift_db, tmp_path / "missing.txt")
+    pairs.write_text("IMG_9669.jpg IMG_0000.jpg\n")
+    with pytest.raises(MirrorError, match="IMG_0000.jpg"):
+        match_pairs(sift_db, pairs)
