@@ -16,6 +16,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--root", type=Path, default=Path("../shared/data/scenes"))
 ap.add_argument("--out", type=Path, default=Path("outputs/track_gt"))
 ap.add_argument("--scenes", nargs="*")
+ap.add_argument("--max-features", type=int, default=2048, help="SIFT features per image (CPU matching cost grows with its square)")
 args = ap.parse_args()
 for scene in sorted(p for p in args.root.iterdir() if (p / "images").is_dir()):
     if args.scenes and scene.name not in args.scenes:
@@ -28,7 +29,9 @@ for scene in sorted(p for p in args.root.iterdir() if (p / "images").is_dir()):
     work.mkdir(parents=True)
     t0 = time.time()
     db = work / "database.db"
-    pycolmap.extract_features(db, scene / "images", camera_mode=pycolmap.CameraMode.PER_IMAGE)
+    sift = pycolmap.FeatureExtractionOptions()
+    sift.sift.max_num_features = args.max_features
+    pycolmap.extract_features(db, scene / "images", camera_mode=pycolmap.CameraMode.PER_IMAGE, extraction_options=sift)
     t1 = time.time()
     pycolmap.match_exhaustive(db)
     t2 = time.time()
@@ -38,5 +41,6 @@ for scene in sorted(p for p in args.root.iterdir() if (p / "images").is_dir()):
     (out / "sparse").mkdir(parents=True, exist_ok=True)
     best.write(out / "sparse")
     (out / "time.json").write_text(json.dumps({"features": t1 - t0, "matching": t2 - t1, "mapping": t3 - t2,
-                                               "registered": best.num_reg_images(), "models": len(recs)}))
+                                               "registered": best.num_reg_images(), "models": len(recs),
+                                               "max_features": args.max_features}))
     print(scene.name, best.summary(), flush=True)
