@@ -110,7 +110,9 @@ def cmd_reconstruct(args) -> None:
     retrieval_kwargs = {"options": PairsOptions(_extraction_options(args), _retrieval_options(args),
                                                 args.sequential, False)}
     options = ReconstructionOptions(pairs=args.pairs, num_matched=args.num_matched, vocab_tree=args.vocab_tree,
-                                    mapper=args.mapper, retrieval_kwargs=retrieval_kwargs)
+                                    sequential_overlap=args.sequential_overlap, max_image_size=args.max_image_size,
+                                    max_num_features=args.max_num_features, camera_mode=args.camera_mode,
+                                    device=args.device, mapper=args.mapper, retrieval_kwargs=retrieval_kwargs)
     stats = reconstruct(args.images, args.output, options)
     print(json.dumps({k: stats[k] for k in ("method", "images", "registered", "pairs_to_match",
                                             "sparse_points", "mean_reprojection_error") if k in stats}))
@@ -171,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-tree", type=Path, help="tree file from 'mirror_sfm vocabtree build' (for --pairs vocabtree)")
     p.add_argument("--mapper", choices=["incremental", "global"], default="incremental")
     p.add_argument("--sequential", type=int, default=0, metavar="W", help="with retrieval: add the next W images")
+    p.add_argument("--sequential-overlap", type=int, default=10, help="window of --pairs sequential (default %(default)s)")
+    p.add_argument("--camera-mode", choices=["auto", "single", "per_image"], default="auto", help="COLMAP camera sharing")
+    p.add_argument("--max-image-size", type=int, default=1600, help="SIFT: long side limit (default %(default)s)")
+    p.add_argument("--max-num-features", type=int, default=8192, help="SIFT features per image (default %(default)s)")
     p.add_argument("--config", type=Path, help="YAML file of option defaults")
     _add_extraction_args(p)
     _add_retrieval_args(p)
