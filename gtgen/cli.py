@@ -1,0 +1,146 @@
+"""`gtgen` command line: GL3D-style overlap ground truth from a reconstruction and its mesh.
+
+    gtgen overlap --sparse SPARSE_DIR --mesh MESH_FILE --out OUT_DIR [--images DIR] [--resolution N]
+                  [--mask-size 32] [--t-sfm 0.2] ...
+    gtgen triplets SCENE_DIR [-o MANIFEST] [--strong LO HI] [--weak LO HI] [--t-sfm T]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mirror_sfm.errors import MirrorError
+
+logger = logging.getLogger("gtgen")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current sys.stderr, so redirection and capture work."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def _setup_logging(verbose: bool) -> None:
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s %(levelname)s] %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)   # propagation stays on: with no root handler it prints nothing twice
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _grid_size(text: str) -> tuple[int, int]:
+    """'32' -> (32, 32); '24x32' -> (24 rows, 32 cols)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or ROWSxCOLS, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or ROWSxCOLS with positive sizes, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _add_triplet_args(p: argparse.ArgumentParser) -> None:
+    from .triplets import TripletOptions
+
+    d = TripletOptions()
+    g = p.add_argument_group("positives (combined overlap ratio CO)")
+    g.add_argument("--t-sfm", type=float, default=d.t_sfm, help="symmetric common-track ratio that makes CO = 1 (default %(default)s)")
+    g.add_argument("--strong", type=float, nargs=2, metavar=("LO", "HI"), default=list(d.strong),
+                   help="CO range of strong positives (default %(default)s)")
+    g.add_argument("--weak", type=float, nargs=2, metavar=("LO", "HI"), default=list(d.weak),
+                   help="CO range of weak positives (default %(default)s)")
+
+
+def _triplet_options(args):
+    from .triplets import TripletOptions
+
+    return TripletOptions(strong=tuple(args.strong), weak=tuple(args.weak), t_sfm=args.t_sfm)
+
+
+def cmd_overlap(args) -> None:
+    from .overlap import OverlapOptions, compute_overlap
+
+    options = OverlapOptions(resolution=args.resolution, mask_size=args.mask_size, png_size=args.png_size,
+                             write_pngs=not args.no_pngs, mask_min_fraction=args.mask_min_fraction,
+                             mask_min_ratio=args.mask_min_ratio, element_size=args.element_size, engine=args.engine,
+                             triplets=_triplet_options(args), cache=not args.no_cache)
+    result = compute_overlap(args.sparse, args.mesh, args.out, options, images_dir=args.images)
+    print(f"{len(result.scene.registered)} images, {result.mo.nnz} MO ratios, {result.num_mask_pairs} mask pairs, "
+          f"{len(result.anchors)} anchors -> {args.out}")
+
+
+def cmd_triplets(args) -> None:
+    from .overlap import triplets_from_geolabel
+
+    out = args.output or args.scene / "triplets.json"
+    anchors = triplets_from_geolabel(args.scene, out, _triplet_options(args))
+    print(f"{len(anchors)} anchors -> {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .overlap import OverlapOptions
+
+    d = OverlapOptions()
+    parser = argparse.ArgumentParser(prog="gtgen", description="GL3D-style overlap ground truth (MIRorR) from a "
+                                     "reconstruction and its mesh.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("overlap", help="mesh overlap, common tracks, masks and positives -> GL3D files + manifest")
+    p.add_argument("--sparse", type=Path, required=True,
+                   help="COLMAP sparse model folder, or a GL3D scene folder (geolabel/cameras.txt)")
+    p.add_argument("--mesh", type=Path, required=True, help="triangle mesh in the model's frame (PLY, OBJ, OFF, GLB, ...)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (GL3D layout)")
+    p.add_argument("--images", type=Path, help="image folder: only checked, and recorded in the manifest")
+    p.add_argument("--resolution", type=int, default=d.resolution,
+                   help="long side of the ray grid per image, in cells (default %(default)s)")
+    p.add_argument("--mask-size", type=int, default=d.mask_size, help="mask.bin grid side (default %(default)s, GL3D's)")
+    p.add_argument("--png-size", type=_grid_size, default=None, metavar="N|ROWSxCOLS",
+                   help="grid of the per-pair PNG masks, e.g. the backbone's feature map (default: --mask-size)")
+    p.add_argument("--no-pngs", action="store_true", help="write mask.bin only, no per-pair PNG masks")
+    p.add_argument("--mask-min-fraction", type=float, default=d.mask_min_fraction,
+                   help="share of a mask cell's pixels that must overlap (default 0: any)")
+    p.add_argument("--mask-min-ratio", type=float, default=d.mask_min_ratio,
+                   help="mask.bin holds pairs whose MO exceeds this in some direction (default %(default)s)")
+    p.add_argument("--element-size", type=float, default=None,
+                   help="group triangles into cells of this size (model units) before counting overlap")
+    p.add_argument("--engine", choices=["auto", "embree", "numpy"], default=d.engine, help="ray caster (default %(default)s)")
+    p.add_argument("--no-cache", action="store_true", help="do not keep per-image triangle maps under OUT/cache")
+    _add_triplet_args(p)
+    p.set_defaults(func=cmd_overlap)
+
+    p = sub.add_parser("triplets", help="re-select positives from an existing geolabel folder (ours or GL3D's)")
+    p.add_argument("scene", type=Path, help="folder with geolabel/mesh_overlap.txt (and common_track.txt, image_list.txt)")
+    p.add_argument("-o", "--output", type=Path, help="manifest path (default SCENE/triplets.json)")
+    _add_triplet_args(p)
+    p.set_defaults(func=cmd_triplets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        args.func(args)
+    except MirrorError as exc:
+        print(f"gtgen: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gtgen: interrupted (cached triangle maps are kept; re-run to resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
