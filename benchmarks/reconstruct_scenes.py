@@ -144,6 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder of scenes, each with images/ (default: ../shared/data/scenes)")
     p.add_argument("--out", type=Path, default=Path("outputs/bench_reconstruct"))
     p.add_argument("--scenes", nargs="+", metavar="NAME", help="scene names to evaluate (default: all)")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="NAME",
+                   help="scenes to leave out entirely, also from vocab-tree training (e.g. a subset of another scene)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--num-matched", type=int, default=20, help="K for retrieval and vocab tree")
     p.add_argument("--vocab-words", type=int, default=4096)
@@ -160,7 +162,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        scenes = find_scenes(args.root)
+        scenes = {k: v for k, v in find_scenes(args.root).items() if k not in args.exclude}
         selected = args.scenes or list(scenes)
         unknown = [s for s in selected if s not in scenes]
         if unknown:

@@ -15,7 +15,7 @@ def incidence_from_sets(sets: list[np.ndarray], num_elements: int | None = None)
     rows = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(sets)]) if sets else np.zeros(0, np.int64)
     cols = np.concatenate([np.asarray(s, dtype=np.int64) for s in sets]) if sets else np.zeros(0, np.int64)
     n_el = int(num_elements if num_elements is not None else (cols.max() + 1 if len(cols) else 0))
-    m = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(sets), n_el))
+    m = sp.csr_matrix((np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(len(sets), n_el))
     m.sum_duplicates()
     m.data[:] = 1.0
     return m
