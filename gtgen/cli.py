@@ -3,6 +3,8 @@
     gtgen overlap --sparse SPARSE_DIR --mesh MESH_FILE --out OUT_DIR [--images DIR] [--resolution N]
                   [--mask-size 32] [--t-sfm 0.2] ...
     gtgen triplets SCENE_DIR [-o MANIFEST] [--strong LO HI] [--weak LO HI] [--t-sfm T]
+    gtgen synth (--mesh MESH_FILE | --procedural boxes|box) --out OUT_DIR [--views 24] [--size 640x480]
+                [--focal F] [--path orbit|aerial|street] [--seed 0] [--up z] ...
 """
 from __future__ import annotations
 
@@ -87,6 +89,63 @@ def cmd_triplets(args) -> None:
     print(f"{len(anchors)} anchors -> {out}")
 
 
+def _image_size(text: str) -> tuple[int, int]:
+    """'640x480' -> (640 wide, 480 high)."""
+    try:
+        w, h = (int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    if min(w, h) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive WIDTHxHEIGHT, got {text!r}")
+    return w, h
+
+
+def cmd_synth(args) -> None:
+    from .synthetic import SynthOptions, synthesize_file, synthesize_procedural
+
+    options = SynthOptions(num_views=args.views, width=args.size[0], height=args.size[1], focal=args.focal,
+                           path=args.path, seed=args.seed, up=args.up, elevations=tuple(args.elevations),
+                           azimuth=args.azimuth, overlap=args.overlap, jitter=args.jitter, num_points=args.points,
+                           jpeg_quality=args.quality)
+    if args.procedural:
+        result = synthesize_procedural(args.procedural, args.out, options, num_boxes=args.boxes)
+    else:
+        result = synthesize_file(args.mesh, args.out, options)
+    print(f"{len(result.names)} views, {result.num_points} 3D points (mean track length "
+          f"{result.mean_track_length:.1f}) -> {args.out}")
+
+
+def _add_synth_parser(sub) -> None:
+    from .synthetic import PATHS, PROCEDURAL, UP_AXES, SynthOptions
+
+    d = SynthOptions()
+    p = sub.add_parser("synth", help="render views of a textured mesh + the true COLMAP model (images/, sparse/, "
+                       "mesh.ply)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--mesh", type=Path, help="textured mesh (OBJ, GLB, PLY with texture or vertex colours, ...)")
+    src.add_argument("--procedural", choices=PROCEDURAL, help="a generated textured scene instead of a mesh file")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--views", type=int, default=d.num_views, help="number of views (default %(default)s)")
+    p.add_argument("--size", type=_image_size, default=(d.width, d.height), metavar="WxH",
+                   help="image size (default 640x480)")
+    p.add_argument("--focal", type=float, default=None, help="focal length in pixels (default 0.8 x the long side)")
+    p.add_argument("--path", choices=PATHS, default=d.path, help="camera path (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the scene, jitter and samples (default %(default)s)")
+    p.add_argument("--up", choices=UP_AXES, default=d.up, help="the mesh's vertical axis (default %(default)s; "
+                   "glTF files are usually y)")
+    p.add_argument("--elevations", type=float, nargs="+", default=list(d.elevations), metavar="DEG",
+                   help="orbit rings, degrees above the horizon (default %(default)s)")
+    p.add_argument("--azimuth", type=float, default=d.azimuth, help="orbit start azimuth, degrees (default 0)")
+    p.add_argument("--overlap", type=float, default=d.overlap,
+                   help="aerial footprint overlap of grid neighbours (default %(default)s)")
+    p.add_argument("--jitter", type=float, default=d.jitter,
+                   help="random pose perturbation, share of the spacing (default %(default)s; 0: exact path)")
+    p.add_argument("--points", type=int, default=d.num_points, help="surface samples for tracks (default %(default)s)")
+    p.add_argument("--boxes", type=int, default=5, help="boxes in the procedural 'boxes' scene (1-7, default 5)")
+    p.add_argument("--quality", type=int, default=d.jpeg_quality, help="JPEG quality (default %(default)s)")
+    p.set_defaults(func=cmd_synth)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .overlap import OverlapOptions
 
@@ -124,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="manifest path (default SCENE/triplets.json)")
     _add_triplet_args(p)
     p.set_defaults(func=cmd_triplets)
+    _add_synth_parser(sub)
     return parser
 
 

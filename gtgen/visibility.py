@@ -39,7 +39,8 @@ CACHE_VERSION = 1
 class VisibilityOptions:
     """How triangle maps are cast. `resolution`: long side of the ray grid in cells (each cell's
     centre gets one ray). `engine`: 'auto' (embree when importable, else trimesh's pure-numpy
-    intersector, ~100x slower), 'embree' or 'numpy'. `cache_dir`: one .npz per image, keyed by
+    intersector, ~100x slower), 'embree' or 'numpy', or 'pyrender' (OpenGL rasteriser, pinhole cameras
+    only: ``gtgen.render``). `cache_dir`: one .npz per image, keyed by
     mesh, camera, pose and resolution, so an interrupted run resumes. `element_size`: group triangles
     into cubic cells of this size (world units, by triangle centroid) before counting overlap; None
     counts triangles themselves."""
@@ -93,7 +94,7 @@ class MeshRayCaster:
         import trimesh
 
         if engine not in ("auto", "embree", "numpy"):
-            raise MirrorError(f"unknown ray engine {engine!r} (auto | embree | numpy)")
+            raise MirrorError(f"unknown ray engine {engine!r} (auto | embree | numpy | pyrender)")
         self.offset = np.asarray(mesh.bounds, dtype=np.float64).mean(axis=0)
         self.num_faces = len(mesh.faces)
         local = trimesh.Trimesh(np.asarray(mesh.vertices, np.float64) - self.offset, mesh.faces, process=False)
@@ -119,6 +120,14 @@ class MeshRayCaster:
             return np.zeros(0, np.int64)
         o = np.broadcast_to(np.asarray(origins, np.float64) - self.offset, directions.shape)
         return np.asarray(self._intersector.intersects_first(np.ascontiguousarray(o), directions), np.int64)
+
+
+def make_engine(mesh, engine: str = "auto"):
+    """A MeshRayCaster, or for engine 'pyrender' the rasteriser of ``gtgen.render``."""
+    if engine == "pyrender":
+        from .render import MeshRasterizer
+        return MeshRasterizer(mesh)
+    return MeshRayCaster(mesh, engine)
 
 
 # ----------------------------------------------------------------------------- rays
@@ -161,6 +170,8 @@ def triangle_map(caster: MeshRayCaster, camera, cam_from_world, resolution: int 
     `cam_from_world` is the image's world->camera ``Rigid3d`` (``Image.cam_from_world()``);
     `rays_cam` may pass precomputed ``camera_rays`` (shared by images of one camera).
     """
+    if getattr(caster, "engine", None) == "pyrender":   # rasteriser: same grid, no rays
+        return caster.triangle_map(camera, cam_from_world, resolution)
     shape = grid_shape(camera.width, camera.height, resolution)
     if rays_cam is None:
         rays_cam = camera_rays(camera, shape)
@@ -207,7 +218,8 @@ def triangle_maps(reconstruction, image_ids: list[int], mesh, options: Visibilit
     if options.resolution < 1:
         raise MirrorError(f"resolution must be >= 1, got {options.resolution}")
     mesh_hash = mesh_fingerprint(mesh) if options.cache_dir else ""
-    caster = caster or MeshRayCaster(mesh, options.engine)
+    caster = caster or make_engine(mesh, options.engine)
+    raster = getattr(caster, "engine", None) == "pyrender"
     ray_cache: dict[tuple, np.ndarray] = {}
     maps = []
     hits = distinct = 0
@@ -217,16 +229,17 @@ def triangle_maps(reconstruction, image_ids: list[int], mesh, options: Visibilit
         pose = image.cam_from_world()
         path = None
         if options.cache_dir:
-            path = Path(options.cache_dir) / f"{_cache_key(mesh_hash, camera, pose, options.resolution)}.npz"
+            cache_key = _cache_key(mesh_hash, camera, pose, options.resolution)
+            path = Path(options.cache_dir) / f"{'pyrender-' if raster else ''}{cache_key}.npz"
             if path.is_file():
                 tri = _load_cached(path)
                 if tri is not None:
                     maps.append(tri)
                     continue
         key = (camera.model_name, camera.width, camera.height, tuple(camera.params), options.resolution)
-        if key not in ray_cache:
+        if not raster and key not in ray_cache:
             ray_cache[key] = camera_rays(camera, grid_shape(camera.width, camera.height, options.resolution))
-        tri = triangle_map(caster, camera, pose, options.resolution, ray_cache[key])
+        tri = triangle_map(caster, camera, pose, options.resolution, ray_cache.get(key))
         valid = tri[tri >= 0]
         hits += len(valid)
         distinct += len(np.unique(valid))
