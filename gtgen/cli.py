@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mask.bin holds pairs whose MO exceeds this in some direction (default %(default)s)")
     p.add_argument("--element-size", type=float, default=None,
                    help="group triangles into cells of this size (model units) before counting overlap")
-    p.add_argument("--engine", choices=["auto", "embree", "numpy"], default=d.engine, help="ray caster (default %(default)s)")
+    p.add_argument("--engine", choices=["auto", "embree", "numpy", "pyrender"], default=d.engine,
+                   help="visibility engine: ray casting (auto|embree|numpy, exact under distortion) or pyrender rasterising (default %(default)s)")
     p.add_argument("--no-cache", action="store_true", help="do not keep per-image triangle maps under OUT/cache")
     _add_triplet_args(p)
     p.set_defaults(func=cmd_overlap)

@@ -12,7 +12,7 @@ fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # libgomp1: OpenMP runtime used by torch/faiss/pycolmap wheels; libegl/libgl: offscreen rendering (gtgen)
   missing=""
-  for pkg in libgomp1 libegl1 libegl-mesa0 libgl1-mesa-dri; do
+  for pkg in libgomp1 libegl1 libegl-mesa0 libgl1-mesa-dri libgl1; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
   done
   if [ -n "$missing" ]; then
