@@ -13,28 +13,13 @@ import logging
 import sys
 from pathlib import Path
 
-from mirror_sfm.errors import MirrorError
+from mirror_sfm.console import add_stderr_handler, run_command
 
 logger = logging.getLogger("gtgen")
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to the current sys.stderr, so redirection and capture work."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value):
-        pass
-
-
 def _setup_logging(verbose: bool) -> None:
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s %(levelname)s] %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)   # propagation stays on: with no root handler it prints nothing twice
+    add_stderr_handler(logger)  # propagation stays on: with no root handler it prints nothing twice
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
@@ -192,15 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    try:
-        args.func(args)
-    except MirrorError as exc:
-        print(f"gtgen: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("gtgen: interrupted (cached triangle maps are kept; re-run to resume)", file=sys.stderr)
-        return 130
-    return 0
+    return run_command("gtgen", lambda: args.func(args), "cached triangle maps are kept; re-run to resume")
 
 
 if __name__ == "__main__":

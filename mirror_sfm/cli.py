@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__
+from .console import run_command
 from .errors import MirrorError
 from .extract import ExtractionOptions
 from .pairs import PairsOptions
@@ -195,20 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.verbose:
+        logger.setLevel(logging.DEBUG)
+
+    def run() -> None:
         _apply_config(args, argv)
-        if args.verbose:
-            logger.setLevel(logging.DEBUG)
         args.func(args)
-    except MirrorError as exc:
-        print(f"mirror_sfm: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mirror_sfm: interrupted (finished work is kept; re-run to resume)", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command("mirror_sfm", run, "finished work is kept; re-run to resume")
 
 
 if __name__ == "__main__":

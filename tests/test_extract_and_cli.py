@@ -10,7 +10,7 @@ from mirror_sfm.cli import main
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.extract import ExtractionOptions, extract
 from mirror_sfm.features_io import list_h5_names, partial_path, read_descriptors
-from mirror_sfm.model import load_model, save_weights
+from mirror_sfm.model import load_model
 
 
 @pytest.fixture()
