@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 class ExtractionOptions:
     """How descriptors are computed. Defaults chosen on held-out scenes (benchmarks/RESULTS.md)."""
 
-    resize: int = 512            # long side in pixels the whole image is resized to
+    resize: int = 384            # long side in pixels the whole image is resized to (measured best, RESULTS.md)
     pooling: str = "mac"         # global descriptor: mac | gem | rmac
     regional: bool = True        # also store the 35 R-MAC regional vectors (PR-MAC re-ranking)
     weights: str = "default"     # "default" (shipped fine-tuned, else ImageNet) | "imagenet" | checkpoint path
