@@ -213,13 +213,10 @@ def load_textured(path: str | Path) -> list:
     """Triangle meshes of a file (OBJ, GLB, PLY, ...), transforms applied, textures and colours kept."""
     import trimesh
 
+    from .visibility import read_trimesh
+
     path = Path(path)
-    if not path.is_file():
-        raise MirrorError(f"mesh file not found: {path}")
-    try:
-        scene = trimesh.load(path, force="scene", process=False)
-    except Exception as exc:  # trimesh raises many types for unreadable files
-        raise MirrorError(f"cannot read mesh {path}: {exc}") from None
+    scene = read_trimesh(path, "scene")
     meshes = []
     for node in scene.graph.nodes_geometry:
         transform, name = scene.graph[node]

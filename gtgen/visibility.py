@@ -54,17 +54,24 @@ class VisibilityOptions:
 
 # ----------------------------------------------------------------------------- mesh
 
-def load_mesh(path: str | Path):
-    """Triangle mesh from any file trimesh reads (PLY, OBJ, OFF, STL, GLB, ...), faces in file order."""
+def read_trimesh(path: str | Path, force: str):
+    """`trimesh.load(path, force=force)` unprocessed, with one clear error for a missing or unreadable file."""
     import trimesh
 
     path = Path(path)
     if not path.is_file():
         raise MirrorError(f"mesh file not found: {path}")
     try:
-        mesh = trimesh.load(path, force="mesh", process=False)
+        return trimesh.load(path, force=force, process=False)
     except Exception as exc:  # trimesh raises many types for unreadable files
         raise MirrorError(f"cannot read mesh {path}: {exc}") from None
+
+
+def load_mesh(path: str | Path):
+    """Triangle mesh from any file trimesh reads (PLY, OBJ, OFF, STL, GLB, ...), faces in file order."""
+    import trimesh
+
+    mesh = read_trimesh(path, "mesh")
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise MirrorError(f"{path}: no triangles in this mesh (a point cloud?)")
     return mesh

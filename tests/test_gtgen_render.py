@@ -5,7 +5,7 @@ import trimesh
 
 from gtgen.visibility import MeshRayCaster, VisibilityOptions, mesh_overlap, triangle_map, triangle_maps
 from mirror_sfm.errors import MirrorError
-from test_gtgen_scenes import look_down, make_reconstruction, plane_mesh, plane_scene, plane_triangle_at
+from test_gtgen_scenes import require_offscreen_rendering, look_down, make_reconstruction, plane_mesh, plane_scene, plane_triangle_at
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -13,12 +13,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.fixture(scope="module")
 def render():
     """gtgen.render, skipped (with the reason) where pyrender or an offscreen OpenGL context is missing."""
-    pytest.importorskip("pyrender")
+    require_offscreen_rendering()
     from gtgen import render as module
-    try:
-        module.offscreen_renderer(8, 8).delete()
-    except MirrorError as exc:
-        pytest.skip(str(exc))
     return module
 
 

@@ -105,3 +105,16 @@ def test_look_down_projects_centre_to_principal_point():
     # +x in the world is +x in the image, +y in the world is -y in the image
     assert image.project_point(np.array([2.0, 2.0, 0.0]))[0] > 100
     assert image.project_point(np.array([1.0, 3.0, 0.0]))[1] < 100
+
+
+def require_offscreen_rendering():
+    """Skip (with the reason) where pyrender or an offscreen OpenGL context is missing."""
+    import pytest
+
+    pytest.importorskip("pyrender")
+    from gtgen import render
+    from mirror_sfm.errors import MirrorError
+    try:
+        render.offscreen_renderer(8, 8).delete()
+    except MirrorError as exc:
+        pytest.skip(str(exc))

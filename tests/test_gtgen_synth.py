@@ -8,7 +8,7 @@ import trimesh
 from PIL import Image
 
 from gtgen.cli import main
-from mirror_sfm.errors import MirrorError
+from test_gtgen_scenes import require_offscreen_rendering
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -18,12 +18,8 @@ SIZE = (160, 120)
 @pytest.fixture(scope="module")
 def synthetic():
     """gtgen.synthetic, skipped (with the reason) where pyrender or an offscreen OpenGL context is missing."""
-    pytest.importorskip("pyrender")
-    from gtgen import render, synthetic as module
-    try:
-        render.offscreen_renderer(8, 8).delete()
-    except MirrorError as exc:
-        pytest.skip(str(exc))
+    require_offscreen_rendering()
+    from gtgen import synthetic as module
     return module
 
 
