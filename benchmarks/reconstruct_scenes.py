@@ -121,17 +121,18 @@ def markdown(records: list[dict]) -> str:
         rows = [r for r in records if r["scene"] == scene]
         exh = next((r for r in rows if r.get("method") == "exhaustive" and "error" not in r), None)
         lines += [f"## {scene} (SIFT {rows[0].get('features_shared_s', 0):.1f} s)", "",
-                  "| method | pairs to match | verified pairs | registered / images | points | time (s) "
-                  "| pairs vs exh. | time vs exh. |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| method | pairs to match | verified pairs | registered / images | models | points | observations "
+                  "| track length | reproj. error (px) | time (s) | pairs vs exh. | time vs exh. |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if "error" in r:
-                lines.append(f"| {r['method']} | failed: {r['error']} | | | | | | |")
+                lines.append(f"| {r['method']} | failed: {r['error']} | | | | | | | | | | |")
                 continue
             t = _pipeline_s(r)
             lines.append(
                 f"| {r['method']} | {r['pairs_to_match']} | {r['verified_pairs']} | {r['registered']} / {r['images']} "
-                f"| {r['sparse_points']} | {t:.1f} | {_ratio(r['pairs_to_match'], exh and exh['pairs_to_match'])} "
+                f"| {r['num_models']} | {r['sparse_points']} | {r['observations']} | {r['mean_track_length']:.2f} "
+                f"| {r['mean_reprojection_error']:.3f} | {t:.1f} | {_ratio(r['pairs_to_match'], exh and exh['pairs_to_match'])} "
                 f"| {_ratio(t, exh and _pipeline_s(exh))} |"
             )
         lines.append("")
