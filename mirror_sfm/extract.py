@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -135,18 +135,19 @@ def extract(image_dir: str | Path, output: str | Path, options: ExtractionOption
     f = features_io.open_work_file(output, signature)
     result = ExtractionResult(output, len(image_names), 0, 0)
     try:
-        todo = []
+        todo: dict[str, tuple[int, int]] = {}  # name -> file signature, stored with its descriptors
         for name in image_names:
             path = image_dir / name
             if not path.is_file():
                 raise MirrorError(f"image not found: {path}")
-            if features_io.is_fresh(f, name, features_io.file_signature(path)):
+            signature = features_io.file_signature(path)
+            if features_io.is_fresh(f, name, signature):
                 result.num_cached += 1
             else:
-                todo.append(name)
+                todo[name] = signature
         if result.num_cached:
             logger.info("%d of %d images already described in %s", result.num_cached, len(image_names), output)
-        loader = DataLoader(ImageFolder(image_dir, todo, options.resize), batch_size=None, shuffle=False,
+        loader = DataLoader(ImageFolder(image_dir, list(todo), options.resize), batch_size=None, shuffle=False,
                             num_workers=options.num_workers if len(todo) > 1 else 0)
         batch: list = []
 
@@ -157,8 +158,7 @@ def extract(image_dir: str | Path, output: str | Path, options: ExtractionOption
             glob, reg = describe_maps(model(images), options.pooling, options.regional)
             glob, reg = glob.cpu().numpy(), (reg.cpu().numpy() if reg is not None else None)
             for k, (name, _, size) in enumerate(batch):
-                sig = features_io.file_signature(image_dir / name)
-                features_io.write_image(f, name, glob[k], None if reg is None else reg[k], size, sig)
+                features_io.write_image(f, name, glob[k], None if reg is None else reg[k], size, todo[name])
             f.flush()
             result.num_extracted += len(batch)
             batch.clear()
@@ -181,7 +181,3 @@ def extract(image_dir: str | Path, output: str | Path, options: ExtractionOption
     logger.info("described %d images (%d cached, %d unreadable) -> %s", result.num_extracted,
                 result.num_cached, len(result.skipped), output)
     return result
-
-
-def options_dict(options: ExtractionOptions) -> dict:
-    return asdict(options)

@@ -94,11 +94,6 @@ def write_image(f: h5py.File, name: str, global_desc: np.ndarray, regional: np.n
     grp.attrs["file_size"], grp.attrs["file_mtime_ns"] = signature
 
 
-def read_extractor(path: str | Path) -> dict:
-    with h5py.File(path, "r") as f:
-        return json.loads(f.attrs.get("extractor", "{}"))
-
-
 def read_descriptors(path: str | Path, names: list[str] | None = None, regional: bool = False
                      ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
     """Load global (N, D) float32 descriptors, and regional (N, R, C) float16 ones when asked, for `names`."""

@@ -7,7 +7,7 @@ drone strips, and (a, b)/(b, a) repeats dropped on request.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +78,7 @@ def generate_pairs(image_dir: str | Path, output: str | Path, num_matched: int =
     Returns the pairs written. The pair file (and the scores file) are written atomically.
     """
     options = options or PairsOptions()
-    options.retrieval.num_matched = num_matched
+    options = replace(options, retrieval=replace(options.retrieval, num_matched=num_matched))  # caller's stays as is
     output = Path(output)
     features = Path(features) if features else output.with_name(output.stem + "-global-feats.h5")
     model = model or load_model(options.extraction.weights)
