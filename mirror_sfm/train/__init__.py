@@ -1,0 +1,1 @@
+"""Training the retrieval network on gtgen labels (MIRorR sec. 4): data, losses, loop, checkpoints."""
