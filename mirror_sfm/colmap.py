@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .errors import MirrorError
-from .images import list_images
+from .images import check_names, list_images
 from .io_utils import atomic_path, write_text_atomic
 from .pairs_io import read_pairs
 
@@ -47,6 +47,7 @@ class ReconstructionOptions:
     pairs: str = "retrieval"  # retrieval | vocabtree | exhaustive | sequential
     num_matched: int = 20  # K: neighbours per image for retrieval and vocab tree
     vocab_tree: Path | None = None  # local tree file, required for pairs == "vocabtree"
+    vocab_tree_verify: int = 0  # spatially verify this many vocab-tree candidates, keep the best K (0 = off)
     sequential_overlap: int = 10
     max_image_size: int = 1600  # SIFT
     max_num_features: int = 8192  # SIFT
@@ -56,6 +57,7 @@ class ReconstructionOptions:
     mapper: str = "incremental"  # incremental | global
     retrieval_kwargs: dict = field(default_factory=dict)  # extra arguments to pairs.generate_pairs
     database_template: Path | None = None  # start from a copy of this database (shared SIFT features)
+    image_names: list[str] | None = None  # reconstruct only these images of the folder (default: all)
 
     def validate(self) -> None:
         """Raise MirrorError for a bad choice or a missing input file, before any work is done."""
@@ -65,6 +67,8 @@ class ReconstructionOptions:
         _check_choice("mapper", self.mapper, MAPPERS)
         if self.num_matched < 1:
             raise MirrorError(f"num_matched must be >= 1, got {self.num_matched}")
+        if self.vocab_tree_verify < 0:
+            raise MirrorError(f"vocab_tree_verify must be >= 0, got {self.vocab_tree_verify}")
         if self.sequential_overlap < 1:
             raise MirrorError(f"sequential_overlap must be >= 1, got {self.sequential_overlap}")
         if self.device == "cuda" and not pycolmap.has_cuda:
@@ -242,10 +246,16 @@ def match_pairs(database: Path, pairs_path: Path, options: ReconstructionOptions
 
 
 def match_vocabtree(database: Path, options: ReconstructionOptions) -> None:
-    """Match each image with its vocab-tree neighbours (K others: the query itself is ranked first)."""
+    """Match each image with its vocab-tree neighbours (K others: the query itself is ranked first).
+
+    With `vocab_tree_verify` = N, COLMAP spatially verifies the top N candidates and keeps the best K.
+    """
     pairing = pycolmap.VocabTreePairingOptions()
     pairing.vocab_tree_path = str(options.vocab_tree)
     pairing.num_images = options.num_matched + 1
+    if options.vocab_tree_verify > 0:
+        pairing.num_images = max(options.vocab_tree_verify, options.num_matched + 1)
+        pairing.num_images_after_verification = options.num_matched + 1
     pairing.num_threads = options.num_threads
     try:
         pycolmap.match_vocabtree(
@@ -437,9 +447,11 @@ def _reusable(database: Path, sidecar: Path, names: list[str], key: dict) -> boo
     return True
 
 
-def list_usable_images(image_dir: Path) -> tuple[list[str], list[str], list[str]]:
-    """Return (found, readable, skipped) image names; MirrorError when none can be read."""
-    found = list_images(image_dir)
+def list_usable_images(image_dir: Path, names: list[str] | None = None) -> tuple[list[str], list[str], list[str]]:
+    """Return (found, readable, skipped) image names (all of `image_dir`, or `names`); MirrorError when none can be read."""
+    if names is not None:
+        check_names(names, image_dir)
+    found = list(names) if names is not None else list_images(image_dir)
     readable, skipped = check_readable(image_dir, found)
     if not readable:
         raise MirrorError(f"no readable image in {image_dir} ({len(skipped)} skipped as unreadable)")
@@ -456,7 +468,7 @@ def reconstruct(image_dir: Path, out_dir: Path, options: ReconstructionOptions |
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     options.validate()
     t_start = time.perf_counter()
-    found, names, skipped = list_usable_images(image_dir)
+    found, names, skipped = list_usable_images(image_dir, options.image_names)
     out_dir.mkdir(parents=True, exist_ok=True)
     logger.info("reconstructing %d image(s) of %s with %s pairs", len(names), image_dir, options.pairs)
 
