@@ -1,4 +1,5 @@
-"""`mirror_sfm` command line: a thin layer over the library (extract, pairs, whiten, match, reconstruct, vocabtree)."""
+"""`mirror_sfm` command line: a thin layer over the library (extract, pairs, whiten, match, reconstruct, vocabtree,
+train, evaluate)."""
 from __future__ import annotations
 
 import argparse
@@ -124,6 +125,35 @@ def cmd_vocabtree_build(args) -> None:
     print(f"vocabulary tree -> {path}")
 
 
+def cmd_train(args) -> None:
+    from .train.config import load_config
+    from .train.loop import train
+    overrides = list(args.set or [])
+    for key, value in (("run.out", args.out), ("run.steps", args.steps), ("run.device", args.device)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    res = train(load_config(args.train_config, overrides))
+    print(f"trained to step {res.step} -> {res.out}" + (f"; weights {res.weights}" if res.weights else ""))
+
+
+def cmd_evaluate(args) -> None:
+    from .io_utils import write_text_atomic
+    from .scene_eval import EvaluationOptions, evaluate_scenes, format_table
+    scenes = list(args.scenes)
+    if args.split:
+        from .train.data import split_scenes
+        scenes += split_scenes(args.labels_root, args.splits, args.split)
+    if not scenes:
+        raise MirrorError("no scene to evaluate: give scene folders or --split NAME (with --labels-root)")
+    options = EvaluationOptions(gt=tuple(args.gt), ks=tuple(args.k), t_sfm=args.t_sfm,
+                                extraction=_extraction_options(args), retrieval=_retrieval_options(args),
+                                features_dir=str(args.features_dir) if args.features_dir else None)
+    report = evaluate_scenes(scenes, options)
+    print(format_table(report))
+    if args.output:
+        write_text_atomic(args.output, json.dumps(report, indent=1) + "\n")
+
+
 _SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
 
 
@@ -182,6 +212,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retrieval_args(p)
     p.set_defaults(func=cmd_reconstruct)
     _SUBPARSERS["reconstruct"] = p
+
+    p = sub.add_parser("train", help="fine-tune the network on gtgen labels (batched mask triplet loss; resumable)")
+    p.add_argument("--config", dest="train_config", type=Path, help="training YAML (e.g. configs/train.yaml)")
+    p.add_argument("--out", help="run folder (checkpoints, logs, weights); overrides run.out")
+    p.add_argument("--steps", type=int, help="overrides run.steps")
+    p.add_argument("--device", help="auto | cpu | cuda; overrides run.device")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one option (repeatable)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="retrieval mAP@k on labelled scenes (gtgen output folders)")
+    p.add_argument("scenes", nargs="*", type=Path, help="scene folders (image_list.txt, geolabel/, triplets.json)")
+    p.add_argument("--split", help="also evaluate this split of --splits under --labels-root (e.g. validation)")
+    p.add_argument("--labels-root", type=Path, default=Path("outputs/labels"))
+    p.add_argument("--splits", type=Path, default=Path("configs/splits.yaml"))
+    p.add_argument("--gt", nargs="+", default=["co:0.5", "ct:0.2"],
+                   help="relevant pairs, CRITERION:THRESHOLD with co | ct | mo (default %(default)s)")
+    p.add_argument("-k", nargs="+", type=int, default=[10, 20], help="cut-offs of mAP@k (default %(default)s)")
+    p.add_argument("--t-sfm", type=float, default=0.2, help="CO = 1 where the symmetric CT reaches this")
+    p.add_argument("--features-dir", type=Path, help="keep descriptor files here (default: temporary)")
+    p.add_argument("-o", "--output", type=Path, help="also write the report as JSON")
+    _add_extraction_args(p)
+    _add_retrieval_args(p)
+    p.set_defaults(func=cmd_evaluate, num_matched=20)
 
     p = sub.add_parser("vocabtree", help="vocabulary trees for COLMAP, built locally")
     vsub = p.add_subparsers(dest="vocab_command", required=True)
