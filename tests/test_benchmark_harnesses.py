@@ -1,0 +1,209 @@
+"""benchmarks/sfm_comparison.py (1DSfM table) and benchmarks/overlap_map.py (overlap mAP) on tiny inputs (CPU)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from mirror_sfm.errors import MirrorError
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+FIXTURE = Path(__file__).parent / "fixtures" / "mary_rose" / "images"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+sfm = _load("sfm_comparison")
+omap = _load("overlap_map")
+
+
+# ------------------------------------------------------------------------------------------ sfm_comparison
+
+
+def test_parse_methods():
+    p = lambda name: sfm.parse_method(name, 20, 10)  # noqa: E731
+    assert p("exhaustive") == sfm.Method("exhaustive", "exhaustive")
+    assert p("retrieval@5") == sfm.Method("retrieval@5", "retrieval", 5)
+    assert p("retrieval-imagenet@20") == sfm.Method("retrieval-imagenet@20", "retrieval", 20, "imagenet")
+    assert p("vocabtree").k == 20 and p("vocabtree-sv@30").k == 30 and p("sequential").k == 10
+    m = p("retrieval@match-vocabtree-sv")
+    assert m.kind == "retrieval" and m.match == "vocabtree-sv" and m.k is None
+    for bad in ("nearest", "retrieval@x", "exhaustive@3", "sequential@match-vocabtree", "retrieval@match-exhaustive",
+                "retrieval@0"):
+        with pytest.raises(MirrorError):
+            p(bad)
+
+
+def test_match_target_resolved_and_run_first():
+    args = sfm.parse_args(["x", "--out", "y", "--methods", "retrieval@match-vocabtree", "vocabtree@20", "exhaustive"])
+    order = sfm.resolve_methods(args.methods, args)
+    assert [m.name for m in order] == ["vocabtree@20", "retrieval@match-vocabtree", "exhaustive"]
+    assert order[1].match == "vocabtree@20"  # the listed method with the same meaning, not a second run
+    args = sfm.parse_args(["x", "--out", "y", "--methods", "retrieval@match-vocabtree-sv"])
+    assert [m.name for m in sfm.resolve_methods(args.methods, args)] == ["vocabtree-sv", "retrieval@match-vocabtree-sv"]
+
+
+def test_k_for_a_pair_count():
+    ranked = {"a": ["b", "c", "d"], "b": ["a", "c", "d"], "c": ["d", "a", "b"], "d": ["c", "b", "a"]}
+    # k=1: ab, cd -> 2; k=2: + ac, bc, bd -> 5; k=3: + ad -> 6
+    counts = sfm.pair_count_by_k(ranked, 3)
+    assert counts == [2, 5, 6]
+    assert sfm.closest_k(counts, 4) == 2 and sfm.closest_k(counts, 100) == 3
+    assert sfm.closest_k([2, 4], 3) == 1  # a tie goes to the smaller K
+
+
+def test_1dsfm_layout(tmp_path):
+    images = tmp_path / "scene" / "images"
+    images.mkdir(parents=True)
+    for src in sorted(FIXTURE.iterdir())[:3]:
+        shutil.copy(src, images / src.name)
+    names = sorted(p.name for p in images.iterdir())
+    (tmp_path / "scene" / "list.txt").write_text(
+        f"images/{names[2]} 0 1200.5\nimages/{names[0]}\nimages/missing.jpg\n\n")
+    image_dir, listed = sfm.dataset_images(tmp_path / "scene")
+    assert image_dir == images and listed == [names[2], names[0]]
+    (tmp_path / "scene" / "list.txt").unlink()
+    assert sfm.dataset_images(tmp_path / "scene") == (images, None)
+    assert sfm.dataset_images(images) == (images, None)  # a plain folder
+    with pytest.raises(MirrorError, match="not found"):
+        sfm.dataset_images(tmp_path / "nowhere")
+
+
+def test_sfm_comparison_end_to_end(tmp_path, caplog):
+    out = tmp_path / "out"
+    argv = [str(FIXTURE), "--out", str(out), "--methods", "exhaustive", "retrieval@5",
+            "--max-num-features", "1024", "--max-image-size", "800", "--weights", "imagenet"]
+    assert sfm.main(argv) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in records] == ["exhaustive", "retrieval@5"]
+    exh, ret = records
+    for r in records:
+        assert r["images"] == 12 and r["registered"] >= 10
+        assert r["sparse_points"] > 100 and r["observations"] > r["sparse_points"]
+        assert r["mean_track_length"] > 2 and r["mean_reprojection_error"] > 0
+        assert set(r["time_s"]) >= {"pairs", "matching", "mapping", "total"} and r["sift_shared_s"] > 0
+        assert r["features_reused"]  # SIFT came from the shared database
+    assert exh["pairs_to_match"] == 66 and 0 < ret["pairs_to_match"] < 66 and ret["num_matched"] == 5
+    assert ret["weights"] == "imagenet" and ret["time_s"]["pairs"] > 0
+    table = (out / "results.md").read_text()
+    assert "| exhaustive |" in table and "| retrieval@5 | 5 | 12 |" in table
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "methods" / "exhaustive" / "database.db").exists()  # copies dropped unless --keep-databases
+
+    # resume: both records are kept, nothing runs again
+    stamp = (out / "methods" / "exhaustive" / "stats.json").stat().st_mtime_ns
+    assert sfm.main(argv) == 0
+    assert (out / "methods" / "exhaustive" / "stats.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "results.json").read_text()) == records
+
+
+def test_sfm_comparison_needs_a_vocab_tree(tmp_path, capsys):
+    argv = [str(FIXTURE), "--out", str(tmp_path / "out"), "--methods", "vocabtree", "--vocab-images", str(FIXTURE)]
+    args = sfm.parse_args(argv)
+    with pytest.raises(MirrorError, match="overlaps the evaluated scene"):
+        sfm.vocab_tree(FIXTURE, tmp_path / "out", args)
+    assert sfm.main([str(tmp_path / "empty-missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ overlap_map
+
+NAMES = sorted(p.name for p in FIXTURE.iterdir())[:4]
+A, B, C, D = NAMES
+
+
+def write_gt(folder: Path) -> Path:
+    """4 images, GL3D layout. Symmetric ratios: CT(a,b)=0.5 -> CO 1; MO(a,c)=0.6; MO(a,d)=0.3; MO(b,c)=0.1;
+    CT(c,d)=0.1 (< t_sfm) with MO(c,d)=0.7. Positives at CO >= 0.5: a-b, a-c, c-d."""
+    geo = folder / "geolabel"
+    geo.mkdir(parents=True)
+    (folder / "image_list.txt").write_text("".join(n + "\n" for n in NAMES))
+
+    def both(pairs):
+        return "".join(f"{i} {j} {r}\n{j} {i} {r}\n" for i, j, r in pairs)
+    (geo / "common_track.txt").write_text(both([(0, 1, 0.5), (2, 3, 0.1)]))
+    (geo / "mesh_overlap.txt").write_text(both([(0, 1, 0.4), (0, 2, 0.6), (0, 3, 0.3), (1, 2, 0.1), (2, 3, 0.7)]))
+    return folder
+
+
+def test_gt_positives(tmp_path):
+    gt = omap.load_gt(write_gt(tmp_path / "s"), omap.LabelOptions())
+    assert gt.positives == {A: {B, C}, B: {A}, C: {A, D}, D: {C}}
+    ct = omap.load_gt(tmp_path / "s", omap.LabelOptions(label="ct"))
+    assert ct.positives == {A: {B}, B: {A}, C: set(), D: set()}
+
+
+def test_overlap_map_scores_a_pair_file(tmp_path):
+    gt = write_gt(tmp_path / "scene")
+    pairs = tmp_path / "pairs.txt"
+    # a: c d b (rel at 1, 3); b: a; c: b a (rel at 2; d never found); d: none; plus a name outside the GT
+    pairs.write_text(f"{A} {C}\n{A} {D}\n{A} {B}\n{B} {A}\n{C} {B}\n{C} {A}\n{A} unknown.jpg\n")
+    out = tmp_path / "out"
+    argv = ["--gt", str(gt), "--pairs", str(pairs), "--out", str(out), "--k", "3", "--images", str(FIXTURE)]
+    assert omap.main(argv) == 0
+    res = json.loads((out / "overlap_map.json").read_text())
+    ap_k = [(1 + 2 / 3) / 2, 1.0, 0.5 / 2, 0.0]
+    ap_m = [0.5 * (1 + 1) / 2 + 0.5 * (0.5 + 2 / 3) / 2, 1.0, 0.5 * (0 + 0.5) / 2, 0.0]
+    scene = res["scenes"]["scene"]
+    assert scene["num_queries"] == 4 and scene["num_empty_gt"] == 0 and scene["num_images"] == 4
+    assert scene["map"]["3"]["ap_at_k"] == pytest.approx(sum(ap_k) / 4)
+    assert scene["map"]["3"]["mirror"] == pytest.approx(sum(ap_m) / 4)
+    assert res["overall"]["map"]["3"] == scene["map"]["3"]
+    assert "| scene | 4 | 4 | 0 |" in (out / "overlap_map.md").read_text()
+    for png in ("pr.png", "topk.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+    # CT-only positives: a-b alone; c and d have empty GT and are left out
+    assert omap.main(argv + ["--label", "ct", "--out", str(tmp_path / "ct")]) == 0
+    ct = json.loads((tmp_path / "ct" / "overlap_map.json").read_text())["scenes"]["scene"]
+    assert ct["num_queries"] == 2 and ct["num_empty_gt"] == 2
+    assert ct["map"]["3"]["ap_at_k"] == pytest.approx((1 / 3 + 1) / 2)
+
+
+def test_overlap_map_pooled(tmp_path):
+    s1, s2 = write_gt(tmp_path / "s1"), write_gt(tmp_path / "s2")
+    pairs = tmp_path / "pooled.txt"
+    # s1/a: s2/b (another scene: never positive), s1/b, s1/c -> AP@3 = (1/2 + 2/3) / 2; nothing else ranked
+    pairs.write_text(f"s1/{A} s2/{B}\ns1/{A} s1/{B}\ns1/{A} s1/{C}\n")
+    out = tmp_path / "out"
+    assert omap.main(["--gt", str(s1), str(s2), "--pooled", "--pairs", str(pairs), "--out", str(out), "--k", "3",
+                      "--grid-queries", "0"]) == 0
+    res = json.loads((out / "overlap_map.json").read_text())
+    assert res["pooled"] and res["num_images"] == 8
+    assert res["scenes"]["s1"]["map"]["3"]["ap_at_k"] == pytest.approx((1 / 2 + 2 / 3) / 2 / 4)
+    assert res["scenes"]["s2"]["map"]["3"]["ap_at_k"] == 0.0
+    assert res["overall"]["num_queries"] == 8
+    assert res["overall"]["map"]["3"]["ap_at_k"] == pytest.approx((1 / 2 + 2 / 3) / 2 / 8)
+
+
+def test_overlap_map_errors(tmp_path, capsys):
+    gt = write_gt(tmp_path / "scene")
+    assert omap.main(["--gt", str(gt), "--pairs", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o")]) == 2
+    assert "pair file not found" in capsys.readouterr().err
+    assert omap.main(["--gt", str(tmp_path / "nope"), "--pairs", "x", "--out", str(tmp_path / "o")]) == 2
+    assert "ground-truth folder not found" in capsys.readouterr().err
+    (gt / "geolabel" / "mesh_overlap.txt").unlink()
+    with pytest.raises(MirrorError, match="--label ct"):
+        omap.load_gt(gt, omap.LabelOptions())
+
+
+def test_overlap_map_runs_retrieval(tmp_path):
+    gt = write_gt(tmp_path / "scene")
+    out = tmp_path / "out"
+    assert omap.main(["--gt", str(gt), "--method", "retrieval", "--weights", "imagenet", "--images", str(FIXTURE),
+                      "--out", str(out), "--k", "3", "--grid-queries", "1"]) == 0
+    ranked = omap.rankings_from_pairs(out / "pairs-scene.txt", NAMES)  # the rankings, to score again with --pairs
+    assert sorted(ranked) == NAMES and all(len(v) == 3 and q not in v for q, v in ranked.items())
+    res = json.loads((out / "overlap_map.json").read_text())
+    assert "weights imagenet" in res["name"] and 0 <= res["overall"]["map"]["3"]["ap_at_k"] <= 1
+    assert (out / "topk.png").is_file()
