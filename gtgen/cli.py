@@ -5,6 +5,8 @@
     gtgen triplets SCENE_DIR [-o MANIFEST] [--strong LO HI] [--weak LO HI] [--t-sfm T]
     gtgen synth (--mesh MESH_FILE | --procedural boxes|box) --out OUT_DIR [--views 24] [--size 640x480]
                 [--focal F] [--path orbit|aerial|street] [--seed 0] [--up z] ...
+    gtgen mesh --sparse SPARSE_DIR --out MESH.ply [--images DIR] [--method auto|sparse-poisson|dense]
+    gtgen align --mesh MESH_IN --sparse SPARSE_DIR --out MESH_OUT [--transform-out T.json]
 """
 from __future__ import annotations
 
@@ -131,6 +133,69 @@ def _add_synth_parser(sub) -> None:
     p.set_defaults(func=cmd_synth)
 
 
+def cmd_mesh(args) -> None:
+    from .meshing import MeshingOptions, mesh_reconstruction_file
+
+    options = MeshingOptions(method=args.method, min_track_length=args.min_track_length,
+                             max_reprojection_error=args.max_error, depth=args.depth, trim_distance=args.trim,
+                             max_image_size=args.max_image_size, workspace=args.workspace)
+    stats = mesh_reconstruction_file(args.sparse, args.out, options, image_dir=args.images)
+    print(f"{stats.method}: {stats.points_used} points -> {stats.faces} faces ({stats.time_s['total']:.1f} s) -> {args.out}")
+
+
+def cmd_align(args) -> None:
+    from .align import AlignOptions, align_mesh_file
+
+    options = AlignOptions(tolerance=args.tolerance, min_inlier_fraction=args.min_inliers, seed=args.seed,
+                           check_visibility=not args.no_visibility_check)
+    report = align_mesh_file(args.mesh, args.sparse, args.out, options, transform_out=args.transform_out)
+    print(f"scale {report.similarity.scale:.6g}, {100 * report.inlier_fraction:.1f}% of {report.points} points within "
+          f"{100 * args.tolerance:g}% of the scene scale, median distance "
+          f"{100 * report.median_distance / report.scene_scale:.2f}% -> {args.out}")
+
+
+def _add_mesh_parsers(sub) -> None:
+    from .align import AlignOptions
+    from .meshing import METHODS, MeshingOptions
+
+    d = MeshingOptions()
+    p = sub.add_parser("mesh", help="a triangle mesh in the reconstruction's frame (sparse points + Poisson on CPU, "
+                       "dense MVS with CUDA)")
+    p.add_argument("--sparse", type=Path, required=True, help="COLMAP sparse model folder")
+    p.add_argument("--out", type=Path, required=True, help="output mesh (PLY)")
+    p.add_argument("--images", type=Path, help="image folder (needed by --method dense)")
+    p.add_argument("--method", choices=METHODS, default=d.method,
+                   help="auto: dense when pycolmap has CUDA, else sparse-poisson (default %(default)s)")
+    p.add_argument("--min-track-length", type=int, default=d.min_track_length,
+                   help="sparse points seen by fewer images are ignored (default %(default)s)")
+    p.add_argument("--max-error", type=float, default=d.max_reprojection_error,
+                   help="sparse points with a larger mean reprojection error (px) are ignored (default %(default)s)")
+    p.add_argument("--depth", type=int, default=None, help="Poisson octree depth (default: from the point spacing)")
+    p.add_argument("--trim", type=float, default=d.trim_distance,
+                   help="cut faces farther than this x the point spacing from every point (default %(default)s; 0: off)")
+    p.add_argument("--max-image-size", type=int, default=d.max_image_size,
+                   help="dense: long side of the undistorted images (default %(default)s)")
+    p.add_argument("--workspace", type=Path, help="dense: keep the MVS workspace here (default: a temporary folder)")
+    p.set_defaults(func=cmd_mesh)
+
+    a = AlignOptions()
+    p = sub.add_parser("align", help="fit a mesh given in its own frame to the reconstruction (scaled ICP) and "
+                       "write it in the reconstruction's frame")
+    p.add_argument("--mesh", type=Path, required=True, help="mesh in its own frame (OBJ, PLY, GLB, ...)")
+    p.add_argument("--sparse", type=Path, required=True, help="COLMAP sparse model folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="aligned mesh (.ply: geometry; .obj: with material and texture where trimesh keeps them)")
+    p.add_argument("--transform-out", type=Path, help="JSON with the similarity (scale, rotation, translation) and "
+                   "the fit report")
+    p.add_argument("--tolerance", type=float, default=a.tolerance,
+                   help="inlier distance, share of the scene scale (default %(default)s)")
+    p.add_argument("--min-inliers", type=float, default=a.min_inlier_fraction,
+                   help="refuse the fit below this share of inlier points (default %(default)s)")
+    p.add_argument("--seed", type=int, default=a.seed, help="seed of the samples and random starts (default 0)")
+    p.add_argument("--no-visibility-check", action="store_true", help="skip the check that cameras see the mesh")
+    p.set_defaults(func=cmd_align)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .overlap import OverlapOptions
 
@@ -170,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_triplet_args(p)
     p.set_defaults(func=cmd_triplets)
     _add_synth_parser(sub)
+    _add_mesh_parsers(sub)
     return parser
 
 
