@@ -12,7 +12,8 @@ for meshing) by scaled ICP:
 3. the fit is accepted when at least `min_inlier_fraction` of the points lie within `tolerance` x
    the scene scale (median distance of the points from their median) of the surface, and the
    cameras see the aligned mesh (ray casting: share of cameras with any hit, and share of observed
-   points that the surface does not hide). Otherwise a MirrorError says why.
+   points that the surface does not hide), and the aligned mesh is of the point cloud's size (within
+   `max_size_ratio`). Otherwise a MirrorError says why.
 
 Symmetric shapes may align in a mirrored-by-rotation pose that fits the points as well as the true
 one; the visibility check catches most such cases (points would be hidden behind the surface).
@@ -70,9 +71,11 @@ class AlignOptions:
     """`num_samples`: mesh surface samples. `min_track_length`, `max_reprojection_error`: sparse point
     filters (as for meshing). `trim`: share of closest pairs used by each ICP step. `random_starts`:
     random initial rotations besides the 24 principal-axis ones. `coarse_samples`, `coarse_points`,
-    `coarse_iterations`: mesh samples, point subset and steps for screening the starts; `refine_starts` best ones get `iterations` steps on all
-    points. `tolerance`: inlier distance as a share of the scene scale; `min_inlier_fraction`: below it
-    the fit is refused. `check_visibility`: cast rays from the cameras (`visibility_resolution` grid) and
+    `coarse_iterations`: mesh samples, point subset and steps for screening the starts; the
+    `refine_starts` best get `iterations` steps on all points. `tolerance`: inlier distance as a share of
+    the scene scale; `min_inlier_fraction`: below it the fit is refused, and so is a fit whose mesh ends up
+    more than `max_size_ratio` times larger (or smaller) than the point cloud (a huge surface can pass near
+    many points: a degenerate fit). `check_visibility`: cast rays from the cameras (`visibility_resolution` grid) and
     refuse when fewer than `min_camera_share` of the cameras see the mesh."""
 
     num_samples: int = 200_000
@@ -88,6 +91,7 @@ class AlignOptions:
     exact_iterations: int = 5
     tolerance: float = 0.03
     min_inlier_fraction: float = 0.5
+    max_size_ratio: float = 10.0
     check_visibility: bool = True
     visibility_resolution: int = 48
     min_camera_share: float = 0.5
@@ -398,6 +402,12 @@ def align_mesh_to_reconstruction(mesh, reconstruction, options: AlignOptions | N
                           f"{100 * report.median_distance / scale:.1f}% of the scene scale. Is it the same scene?")
     aligned = mesh.copy()
     aligned.apply_transform(sim.matrix)
+    lo, hi = np.percentile(points, [1, 99], axis=0)
+    size_ratio = float(np.linalg.norm(np.ptp(aligned.vertices, axis=0)) / max(np.linalg.norm(hi - lo), 1e-12))
+    if not 1 / options.max_size_ratio <= size_ratio <= options.max_size_ratio:
+        raise MirrorError(f"the mesh does not fit the reconstruction: aligned, it is {size_ratio:.3g} times the size of "
+                          f"the sparse point cloud (allowed 1/{options.max_size_ratio:g} to {options.max_size_ratio:g}): "
+                          "a degenerate fit. Is it the same scene?")
     if options.check_visibility:
         vis = visibility_check(aligned, reconstruction, options.visibility_resolution, tol, seed=options.seed)
         for k, v in vis.items():

@@ -147,6 +147,7 @@ def cmd_align(args) -> None:
     from .align import AlignOptions, align_mesh_file
 
     options = AlignOptions(tolerance=args.tolerance, min_inlier_fraction=args.min_inliers, seed=args.seed,
+                           random_starts=args.starts, num_samples=args.samples,
                            check_visibility=not args.no_visibility_check)
     report = align_mesh_file(args.mesh, args.sparse, args.out, options, transform_out=args.transform_out)
     print(f"scale {report.similarity.scale:.6g}, {100 * report.inlier_fraction:.1f}% of {report.points} points within "
@@ -192,6 +193,9 @@ def _add_mesh_parsers(sub) -> None:
     p.add_argument("--min-inliers", type=float, default=a.min_inlier_fraction,
                    help="refuse the fit below this share of inlier points (default %(default)s)")
     p.add_argument("--seed", type=int, default=a.seed, help="seed of the samples and random starts (default 0)")
+    p.add_argument("--starts", type=int, default=a.random_starts,
+                   help="random initial rotations besides the 24 principal-axis ones (default %(default)s)")
+    p.add_argument("--samples", type=int, default=a.num_samples, help="mesh surface samples (default %(default)s)")
     p.add_argument("--no-visibility-check", action="store_true", help="skip the check that cameras see the mesh")
     p.set_defaults(func=cmd_align)
 
