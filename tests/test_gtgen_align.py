@@ -14,7 +14,7 @@ from mirror_sfm.errors import MirrorError
 from test_gtgen_scenes import make_reconstruction
 
 SCALE, ROTATION, TRANSLATION = 3.7, Rotation.random(random_state=3).as_matrix(), np.array([5.0, -2.0, 10.0])
-FAST = dict(random_starts=24, num_samples=50_000, progress=False)
+FAST = dict(num_samples=50_000, progress=False)
 
 
 def _scene(mesh, num_points=800, seed=5):
@@ -74,7 +74,7 @@ def test_noisy_partial_points_and_outliers(boxes_mesh):
             p.xyz = p.xyz + rng.uniform(-1, 1, 3) * SCALE * 6
         else:
             p.xyz = p.xyz + rng.normal(0, 0.01 * SCALE, 3)
-    _, report = align.align_mesh_to_reconstruction(boxes_mesh, rec, align.AlignOptions(**{**FAST, "random_starts": 100}))
+    _, report = align.align_mesh_to_reconstruction(boxes_mesh, rec, align.AlignOptions(**FAST))
     sim = report.similarity
     assert sim.scale == pytest.approx(SCALE, rel=0.01)
     assert np.degrees(Rotation.from_matrix(sim.rotation @ ROTATION.T).magnitude()) < 0.5
@@ -89,7 +89,7 @@ def test_cli_writes_mesh_and_transform(boxes_mesh, tmp_path, capsys):
     boxes_mesh.export(src)
     out, t_json = tmp_path / "aligned.ply", tmp_path / "T.json"
     assert main(["align", "--mesh", str(src), "--sparse", str(sparse), "--out", str(out), "--transform-out", str(t_json),
-                 "--starts", "24", "--samples", "50000"]) == 0
+                 "--samples", "50000"]) == 0
     assert "scale 3.7" in capsys.readouterr().out
     info = json.loads(t_json.read_text())
     assert info["similarity"]["scale"] == pytest.approx(SCALE) and "x_reconstruction" in info["convention"]
@@ -114,7 +114,7 @@ def test_wrong_mesh_is_refused(boxes_mesh, capsys, tmp_path):
     rec = _scene(boxes_mesh, num_points=600)
     sphere = trimesh.creation.icosphere(3)
     with pytest.raises(MirrorError, match="does not fit"):
-        align.align_mesh_to_reconstruction(sphere, rec, align.AlignOptions(**FAST))
+        align.align_mesh_to_reconstruction(sphere, rec, align.AlignOptions(**FAST, random_starts=8))
 
 
 def test_errors(boxes_mesh, tmp_path, capsys):
