@@ -455,7 +455,7 @@ def write_mesh(mesh, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        mesh.export(tmp_dir / path.name, file_type="obj")
+        mesh.export(tmp_dir / path.name, file_type="obj", mtl_name=f"{path.stem}.mtl")
         for extra in sorted(tmp_dir.iterdir()):   # material and texture first, the OBJ last
             if extra.name != path.name:
                 extra.replace(path.parent / extra.name)
