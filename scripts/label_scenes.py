@@ -260,7 +260,7 @@ def make_mesh(scene: str, scene_dir: Path, sparse: Path, mesh_path: Path, force:
         except ImportError:
             _gtgen_cli("align", "--mesh", str(source), "--sparse", str(sparse), "--out", str(mesh_path))
         else:
-            align_mesh_file(source, sparse, mesh_path)
+            align_mesh_file(source, sparse, mesh_path, transform_out=mesh_path.with_name("align.json"))
         return how
     how = "gtgen mesh"
     if mesh_path.is_file() and not force:
