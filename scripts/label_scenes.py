@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,7 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
@@ -114,19 +114,27 @@ def synthetic_specs() -> list[SynthSpec]:
 
 @dataclasses.dataclass
 class LabelOptions:
-    """`resolution`: ray grid long side; `png_size`: per-pair PNG masks (rows, cols); `engine`: visibility engine."""
+    """`resolution` / `real_resolution`: ray grid long side for synthetic / real scenes (real meshes are finer in the
+    image: photos where the object is small, Poisson meshes of 20-60k triangles); `png_size`: per-pair PNG masks
+    (rows, cols); `engine`: visibility engine."""
 
     resolution: int = 256
+    real_resolution: int = 512
     png_size: tuple[int, int] = (32, 32)
     engine: str = "auto"
     force: bool = False
 
 
-def overlap_options(options: LabelOptions, cache: bool):
+def overlap_options(options: LabelOptions, real: bool):
     from gtgen.overlap import OverlapOptions
 
-    return OverlapOptions(resolution=options.resolution, png_size=options.png_size, engine=options.engine,
-                          cache=cache, progress=False)
+    return OverlapOptions(resolution=options.real_resolution if real else options.resolution, png_size=options.png_size,
+                          engine=options.engine, cache=real, progress=False)   # synthetic: quick, no map cache
+
+
+def clear_masks(out: Path) -> None:
+    """Drop PNG masks of an earlier or interrupted labelling: they may be of pairs that are no longer positive."""
+    shutil.rmtree(out / "masks", ignore_errors=True)
 
 
 def count_faces(mesh_path: Path) -> int:
@@ -187,7 +195,8 @@ def label_synthetic(name: str, spec: SynthSpec, out: Path, options: LabelOptions
         logger.info("[%s] rendering %d %s views of %d boxes (%dx%d, seed %d)", name, synth.num_views, spec.path,
                     spec.boxes, width, height, spec.seed)
         synthesize_procedural(spec.kind, out, synth, num_boxes=spec.boxes)
-    result = compute_overlap(out / "sparse", out / "mesh.ply", out, overlap_options(options, cache=False),
+    clear_masks(out)
+    result = compute_overlap(out / "sparse", out / "mesh.ply", out, overlap_options(options, real=False),
                              images_dir=out / "images")
     row = label_row(name, "synthetic", synth.num_views, result, count_faces(out / "mesh.ply"),
                     time.perf_counter() - t0)
@@ -288,7 +297,8 @@ def label_real(scene: str, scene_dir: Path, out: Path, options: LabelOptions, gi
     logger.info("[%s] sparse model %s (%s)", scene, sparse, source)
     mesh_path = out / "mesh.ply"
     how = make_mesh(scene, scene_dir, sparse, mesh_path, options.force)
-    result = compute_overlap(sparse, mesh_path, out, overlap_options(options, cache=True), images_dir=images)
+    clear_masks(out)
+    result = compute_overlap(sparse, mesh_path, out, overlap_options(options, real=True), images_dir=images)
     row = label_row(scene, "real", len(list_images(images)), result, count_faces(mesh_path), time.perf_counter() - t0)
     return finish(out, row, sparse=str(sparse), sparse_source=source, mesh=how)
 
@@ -354,7 +364,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="use this COLMAP model for a real scene (a model folder, or one of numbered models)")
     p.add_argument("--models-from", type=Path, default=REPO / "outputs" / "bench_reconstruct",
                    help="reuse <DIR>/<scene>/exhaustive/sparse models when present (default outputs/bench_reconstruct)")
-    p.add_argument("--resolution", type=int, default=LabelOptions.resolution, help="ray grid long side (default 256)")
+    p.add_argument("--resolution", type=int, default=LabelOptions.resolution,
+                   help="ray grid long side, synthetic scenes (default %(default)s)")
+    p.add_argument("--real-resolution", type=int, default=LabelOptions.real_resolution,
+                   help="ray grid long side, real scenes (default %(default)s)")
     p.add_argument("--png-size", type=_grid_arg, default=LabelOptions.png_size, metavar="N|ROWSxCOLS",
                    help="per-pair PNG mask grid (default 32)")
     p.add_argument("--engine", default="auto", choices=["auto", "embree", "numpy", "pyrender"])
@@ -367,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("label_scenes", "gtgen", "mirror_sfm"):
         add_stderr_handler(logging.getLogger(name))
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    options = LabelOptions(args.resolution, args.png_size, args.engine, args.force)
+    options = LabelOptions(args.resolution, args.real_resolution, args.png_size, args.engine, args.force)
     given = dict(args.sparse)
 
     jobs = []   # (scene name, function producing its row)
