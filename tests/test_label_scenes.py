@@ -13,14 +13,18 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "label_scenes.py"
 
 
-@pytest.fixture(scope="module")
-def label_scenes():
-    require_offscreen_rendering()
+def _load_script():
     spec = importlib.util.spec_from_file_location("label_scenes", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules["label_scenes"] = module   # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def label_scenes():
+    require_offscreen_rendering()
+    return _load_script()
 
 
 def _run(module, root: Path) -> int:
@@ -60,3 +64,31 @@ def test_synthetic_set_and_sparse_argument(label_scenes):
     assert label_scenes.parse_args(["--sparse", "alexander=/x/sparse"]).sparse == [("alexander", Path("/x/sparse"))]
     with pytest.raises(SystemExit):
         label_scenes.parse_args(["--sparse", "alexander"])
+
+
+def _write_model(folder: Path, num_images: int) -> None:
+    import numpy as np
+
+    from gtgen.synthetic import build_reconstruction
+
+    poses = [(np.eye(3), np.array([float(k), 0.0, 5.0])) for k in range(num_images)]
+    empty = [(np.zeros(0, np.int64), np.zeros((0, 2)))] * num_images
+    folder.mkdir(parents=True)
+    build_reconstruction([f"{k}.jpg" for k in range(num_images)], poses, np.diag([100.0, 100.0, 1.0]), (64, 48),
+                         np.zeros((0, 3)), empty, np.zeros((0, 3), np.uint8)).write(folder)
+
+
+def test_sparse_model_choice(tmp_path):
+    """--sparse first, then the scene's sparse/, then the benchmark's models; the largest numbered model wins."""
+    module = _load_script()
+    bench, scene_dir, given = tmp_path / "bench", tmp_path / "data" / "s", tmp_path / "mine"
+    _write_model(bench / "s" / "exhaustive" / "sparse" / "0", 2)
+    _write_model(bench / "s" / "exhaustive" / "sparse" / "1", 3)
+    out = tmp_path / "labels" / "s"
+    assert module.find_sparse("s", scene_dir, out, {}, bench, False) == (bench / "s/exhaustive/sparse/1", "benchmark")
+    _write_model(scene_dir / "sparse" / "0", 2)
+    assert module.find_sparse("s", scene_dir, out, {}, bench, False) == (scene_dir / "sparse" / "0", "scene")
+    _write_model(given, 2)
+    assert module.find_sparse("s", scene_dir, out, {"s": given}, bench, False) == (given, "given")
+    with pytest.raises(module.MirrorError):
+        module.find_sparse("s", scene_dir, out, {"s": tmp_path / "nothing"}, bench, False)
