@@ -26,7 +26,7 @@ def scenes(tmp_path_factory):
 def config(out, steps, **extra):
     sets = {"run.out": out, "run.steps": steps, "run.validate_every": 0, "run.progress": False,
             "run.checkpoint_every": 2, "augment.size": 64, "data.columns": 3, "data.num_workers": 0,
-            "model.freeze_blocks": 12, "optim.lr": 0.01, **extra}
+            "model.freeze_blocks": 12, "optim.lr": 0.01, "run.threads": 1, **extra}
     return load_config(None, [f"{k}={v}" for k, v in sets.items()])
 
 
@@ -38,17 +38,17 @@ def held_out_loss(model, cfg, scene_dirs) -> float:
 
 
 def test_loss_goes_down_and_weights_export(tmp_path, scenes):
-    cfg = config(tmp_path / "run", 10)
+    cfg = config(tmp_path / "run", 8, **{"model.freeze_blocks": 14, "optim.lr": 0.05})
     before = held_out_loss(build_model(cfg.model), cfg, scenes[:3])
     res = train(cfg, scenes[:3], [])
-    assert res.step == 10 and res.weights.is_file()
+    assert res.step == 8 and res.weights.is_file()
     model = load_model(res.weights)
     after = held_out_loss(model, cfg, scenes[:3])
     assert after < 0.9 * before, (before, after)
     rows = read_csv(tmp_path / "run" / "log.csv")
-    assert [int(r["step"]) for r in rows] == list(range(1, 11))
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
     assert {"loss", "easy", "weak", "hard", "mask", "lr", "step_time"} <= set(rows[0])
-    assert model.meta["trained_steps"] == 10
+    assert model.meta["trained_steps"] == 8
     # fp16 on disk, like save_weights' other users
     ckpt = torch.load(res.weights, weights_only=False)
     assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
@@ -111,10 +111,14 @@ def test_train_cli(tmp_path, scenes, capsys):
     splits = tmp_path / "splits.yaml"
     splits.write_text("train: ['synth_*']\nvalidation: [val_a]\n")
     cfg.write_text(f"data: {{root: {scenes[0].parent}, splits: {splits}, columns: 3, num_workers: 0}}\n"
-                   "augment: {size: 64}\nmodel: {freeze_blocks: -1}\nrun: {validate_every: 0, progress: false}\n")
-    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "cli"), "--steps", "1"]) == 0
+                   "augment: {size: 64}\nmodel: {freeze_blocks: -1}\n"
+                   "run: {validate_every: 0, progress: false, threads: 1, val_resize: 64}\n")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "cli"), "--steps", "1",
+                 "--set", "run.export_whitening=true", "--set", "run.whitening_dim=32"]) == 0
     assert "trained to step 1" in capsys.readouterr().out
-    assert (tmp_path / "cli" / "weights.pt").is_file()
+    model = load_model(tmp_path / "cli" / "weights.pt")     # whitening fitted on the training scenes
+    assert model.whitening is not None and model.whitening.dim == 32
+    assert sorted(model.meta["train_scenes"]) == ["synth_a", "synth_b", "synth_c"]
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "mirror_sfm: error: config file not found" in capsys.readouterr().err
 

@@ -19,7 +19,7 @@ CHECKPOINT_FORMAT = "mirror_sfm-train-1"
 
 
 def save_checkpoint(path: str | Path, step: int, model: torch.nn.Module, optimizer, scheduler,
-                    config: dict) -> None:
+                    config: dict, scenes: list[str] | None = None) -> None:
     state = {
         "format": CHECKPOINT_FORMAT,
         "step": step,
@@ -29,13 +29,16 @@ def save_checkpoint(path: str | Path, step: int, model: torch.nn.Module, optimiz
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "config": config,
+        "scenes": list(scenes or []),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, scheduler, config: dict | None = None) -> int:
-    """Restore everything saved by `save_checkpoint`; returns the step. Warns when the config differs."""
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, scheduler, config: dict | None = None,
+                    scenes: list[str] | None = None) -> int:
+    """Restore everything saved by `save_checkpoint`; returns the step. Warns when the config or the training
+    scenes differ (labels written since: the batches drawn from here on differ from the first run's)."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -53,4 +56,9 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, schedul
         changed = sorted(f"{s}.{k}" for s in config for k in config[s]
                          if state.get("config", {}).get(s, {}).get(k) != config[s][k])
         logger.warning("resuming %s with changed options: %s", path, ", ".join(changed) or "(layout)")
+    if scenes is not None and state.get("scenes") and sorted(state["scenes"]) != sorted(scenes):
+        added = sorted(set(scenes) - set(state["scenes"]))
+        removed = sorted(set(state["scenes"]) - set(scenes))
+        logger.warning("resuming %s with other training scenes (added: %s; removed: %s)", path,
+                       ", ".join(added) or "none", ", ".join(removed) or "none")
     return int(state["step"])

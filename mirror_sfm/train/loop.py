@@ -162,8 +162,17 @@ def train(config: TrainConfig, train_scenes: list[Path] | None = None, val_scene
     run = config.run
     out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
+    threads_before = torch.get_num_threads()
     if run.threads > 0:
         torch.set_num_threads(run.threads)
+    try:
+        return _train(config, out, train_scenes, val_scenes, callback)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(config: TrainConfig, out: Path, train_scenes, val_scenes, callback) -> TrainResult:
+    run = config.run
     torch.manual_seed(run.seed)
     device = resolve_device(run.device)
 
@@ -172,10 +181,13 @@ def train(config: TrainConfig, train_scenes: list[Path] | None = None, val_scene
     if val_scenes is None:
         val_scenes = (split_scenes(config.data.root, config.data.splits, config.data.val_split)
                       if run.validate_every > 0 else [])
+        if run.validate_every > 0 and not val_scenes:
+            logger.info("no labelled validation scene under %s: validation off", config.data.root)
     if not train_scenes:
         raise MirrorError(f"no labelled training scene under {config.data.root} (split {config.data.train_split!r} "
                           f"of {config.data.splits}): write labels with gtgen first")
     dataset = TripletBatches(load_scenes(list(train_scenes)), config.data, config.augment, run.seed)
+    scene_names = [s.name for s in dataset.scenes]
 
     model = build_model(config.model)
     trainable = freeze_early_blocks(model, config.model.freeze_blocks)
@@ -187,7 +199,7 @@ def train(config: TrainConfig, train_scenes: list[Path] | None = None, val_scene
     ckpt = out / "checkpoints" / "last.pt"
     step = 0
     if ckpt.is_file():
-        step = load_checkpoint(ckpt, model, optimizer, scheduler, config.to_dict())
+        step = load_checkpoint(ckpt, model, optimizer, scheduler, config.to_dict(), scene_names)
         logger.info("resuming from %s at step %d", ckpt, step)
     resumed_from = step
     logger.info("training %s on %s: %d trainable parameters, %d scenes, %d columns x 3 rows at %d px, steps %d -> %d",
@@ -226,7 +238,7 @@ def train(config: TrainConfig, train_scenes: list[Path] | None = None, val_scene
                 tb.scalars(step, {f"train/{k}": v for k, v in terms_out.items()} | {"train/lr": lr})
             bar.set_postfix(loss=f"{terms_out['loss']:.3f}", s_step=f"{step_time:.2f}")
             if step % max(1, run.checkpoint_every) == 0 or step == run.steps:
-                save_checkpoint(ckpt, step, model, optimizer, scheduler, config.to_dict())
+                save_checkpoint(ckpt, step, model, optimizer, scheduler, config.to_dict(), scene_names)
             if run.validate_every > 0 and val_scenes and step % run.validate_every == 0:
                 _log_validation(validate(model, list(val_scenes), config, device), step, val_log, tb)
             if callback is not None:
