@@ -324,14 +324,14 @@ def pr_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title:
     plt.close(fig)
 
 
-def topk_grid(examples: list[tuple[Path, list[tuple[Path, bool]]]], path: Path, title: str) -> None:
+def topk_grid(examples: list[tuple[str, Path, list[tuple[Path, bool]]]], path: Path, title: str) -> None:
     """Rows: a query, then its top results with a green (positive) or red frame."""
     from PIL import Image
 
     plt = _pyplot()
     rows, cols = len(examples), GRID_TOP + 1
     fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows), squeeze=False)
-    for r, (query, results) in enumerate(examples):
+    for r, (label, query, results) in enumerate(examples):
         cells = [(query, None)] + results
         for c in range(cols):
             ax = axes[r][c]
@@ -353,7 +353,7 @@ def topk_grid(examples: list[tuple[Path, list[tuple[Path, bool]]]], path: Path, 
                 spine.set_linewidth(3)
             ax.set_title("query" if c == 0 else str(c), fontsize=7)
             if c == 0:
-                ax.set_xlabel(Path(img_path).name[-22:], fontsize=6)
+                ax.set_xlabel(label[-28:], fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)
@@ -372,7 +372,7 @@ def grid_examples(scene_of: dict[str, SceneGT], pooled: bool, rankings: dict[str
     if not queries or count <= 0:
         return []
     picks = [queries[int(i)] for i in np.linspace(0, len(queries) - 1, min(count, len(queries)))]
-    return [(path(q), [(path(d), d in gt[q]) for d in rankings.get(q, [])[:GRID_TOP]]) for q in dict.fromkeys(picks)]
+    return [(q, path(q), [(path(d), d in gt[q]) for d in rankings.get(q, [])[:GRID_TOP]]) for q in dict.fromkeys(picks)]
 
 
 def evaluate(args: argparse.Namespace) -> dict:
