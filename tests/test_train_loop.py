@@ -12,7 +12,7 @@ from mirror_sfm.model import load_model
 from mirror_sfm.train.config import load_config
 from mirror_sfm.train.data import TripletBatches, load_scenes
 from mirror_sfm.train.logs import read_csv
-from mirror_sfm.train.loop import batch_loss, build_model, train
+from mirror_sfm.train.loop import batch_loss, build_model, freeze_early_blocks, set_train_mode, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -30,25 +30,43 @@ def config(out, steps, **extra):
     return load_config(None, [f"{k}={v}" for k, v in sets.items()])
 
 
-def held_out_loss(model, cfg, scene_dirs) -> float:
-    ds = TripletBatches(load_scenes(scene_dirs), cfg.data, cfg.augment, seed=999)
-    model.eval()
-    with torch.no_grad():
-        return sum(batch_loss(model, ds[10 ** 6 + k], cfg, torch.device("cpu"))[0].item() for k in range(3)) / 3
+def test_loss_goes_down_without_collapse(scenes):
+    """Eight SGD steps on one fixed batch, through the loop's model set-up and loss: the loss must fall well
+    below its collapse value (every descriptor alike: alpha_e + alpha_w + alpha_h = 2 without masks), so a
+    broken loss, gradient or freeze fails here, and so does a collapse."""
+    torch.manual_seed(0)
+    cfg = config("unused", 1, **{"loss.use_masks": False, "augment.size": 96})
+    batch = TripletBatches(load_scenes(scenes[:3]), cfg.data, cfg.augment, seed=0)[0]
+    model = build_model(cfg.model)
+    freeze_early_blocks(model, 12)
+    set_train_mode(model, True)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        losses = []
+        for _ in range(8):
+            loss, terms = batch_loss(model, batch, cfg, torch.device("cpu"))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
+    last = sum(losses[-3:]) / 3
+    assert last < 0.6 * losses[0] and last < 1.5, losses
+    assert terms["d_neg"].item() > 0.5, terms          # negatives still apart: not a collapse
 
 
-def test_loss_goes_down_and_weights_export(tmp_path, scenes):
-    cfg = config(tmp_path / "run", 8, **{"model.freeze_blocks": 14, "optim.lr": 0.05})
-    before = held_out_loss(build_model(cfg.model), cfg, scenes[:3])
-    res = train(cfg, scenes[:3], [])
-    assert res.step == 8 and res.weights.is_file()
-    model = load_model(res.weights)
-    after = held_out_loss(model, cfg, scenes[:3])
-    assert after < 0.9 * before, (before, after)
+def test_train_logs_and_exports_weights(tmp_path, scenes):
+    res = train(config(tmp_path / "run", 3), scenes[:3], [])
+    assert res.step == 3 and res.weights.is_file()
     rows = read_csv(tmp_path / "run" / "log.csv")
-    assert [int(r["step"]) for r in rows] == list(range(1, 9))
-    assert {"loss", "easy", "weak", "hard", "mask", "lr", "step_time"} <= set(rows[0])
-    assert model.meta["trained_steps"] == 8
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert {"loss", "easy", "weak", "hard", "mask", "d_pos", "d_neg", "rank_ok", "lr", "step_time"} <= set(rows[0])
+    assert all(0 < float(r["loss"]) < 10 for r in rows)
+    model = load_model(res.weights)
+    assert model.meta["trained_steps"] == 3
     # fp16 on disk, like save_weights' other users
     ckpt = torch.load(res.weights, weights_only=False)
     assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())

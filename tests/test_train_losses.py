@@ -158,3 +158,14 @@ def test_masked_descriptors_pool_only_inside_the_mask():
     assert valid.item() and torch.allclose(desc[0], torch.tensor([1.0, 1.0]) / R2, atol=1e-5)
     _, valid = masked_descriptors(fmap, torch.zeros(1, 32, 32, dtype=torch.bool))
     assert not valid.item()
+
+
+def test_batched_loss_mean_over_all_negatives():
+    # BATCH column 0 = (e1, e1, e2), column 1 = (e1, e3, e4); negatives of column 0: e1, e3, e4
+    _, terms = batched_loss(BATCH, options=LossOptions(use_masks=False, mining="all"))
+    # col 0 easy: D(a,s) = 0, min(D(a,e), D(s,e)) = 0, sqrt2, sqrt2 -> hinges 1, 0, 0 -> 1/3
+    # col 1 easy: D(a,s) = sqrt2; a1 = e1, s1 = e3 vs (e1, e1, e2): 0, 0, sqrt2 -> sqrt2+1, sqrt2+1, 1
+    assert terms["easy"].item() == pytest.approx((1 / 3 + (2 * (R2 + 1) + 1) / 3) / 2)
+    # col 0 weak: D(a,w) = sqrt2; a0 = e1, w0 = e2 vs (e1, e3, e4): 0, sqrt2, sqrt2 -> sqrt2+.5, .5, .5
+    # col 1 weak: D(a,w) = sqrt2; a1 = e1, w1 = e4 vs (e1, e1, e2): 0, 0, sqrt2 -> sqrt2+.5, sqrt2+.5, .5
+    assert terms["weak"].item() == pytest.approx(((R2 + 1.5) / 3 + (2 * R2 + 1.5) / 3) / 2)

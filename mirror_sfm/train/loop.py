@@ -29,7 +29,8 @@ from .losses import batched_loss, masked_descriptors
 
 logger = logging.getLogger(__name__)
 
-LOG_FIELDS = ["step", "loss", "easy", "weak", "hard", "mask", "lr", "step_time", "data_time"]
+LOG_FIELDS = ["step", "loss", "easy", "weak", "hard", "mask", "d_pos", "d_neg", "rank_ok", "lr", "step_time",
+              "data_time"]
 VAL_FIELDS = ["step", "scene", "gt", "queries", "metric", "value"]
 
 
@@ -97,6 +98,8 @@ def batch_loss(model: RetrievalModel, batch: dict, config: TrainConfig, device: 
         valid = batch["mask_valid"].to(device)
         masked = {}
         for p, (key, row) in enumerate((("strong", 1), ("weak", 2))):
+            if key not in config.loss.mask_pairs:
+                continue
             da, va = masked_descriptors(fm[0], masks[:, 2 * p], config.model.mask_min_fraction)
             dp, vp = masked_descriptors(fm[row], masks[:, 2 * p + 1], config.model.mask_min_fraction)
             masked[key] = (da, dp, valid[:, p] & va & vp)

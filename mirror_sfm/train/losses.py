@@ -21,9 +21,11 @@ class LossOptions:
     lambda_weak: float = 1.0     # lambda_1 of eq. 8
     lambda_hard: float = 1.0     # lambda_2 of eq. 8
     use_masks: bool = True       # eq. 7 (mask term) instead of eq. 6 for anchor-positive pairs
+    mask_pairs: tuple[str, ...] = ("strong",)   # which pairs get the mask term: strong and/or weak
     beta: float = 0.1            # eq. 7: masked-descriptor distance tolerated for free
     mask_lambda: float = 0.5     # eq. 7: lambda, weight of the triplet part when the mask term is on
     anchor_swap: bool = True     # eq. 6: nearest negative of the anchor *or* of the positive
+    mining: str = "hardest"      # hardest: the nearest in-batch negative; all: mean hinge over every negative
     squared: bool = False        # squared Euclidean distance instead of the plain one
 
 
@@ -84,6 +86,20 @@ def hardest_negatives(desc: torch.Tensor, squared: bool = False) -> torch.Tensor
     return dist.masked_fill(same, float("inf")).amin(dim=1).reshape(r, n)
 
 
+def _mean_hinge(desc: torch.Tensor, row_x: int, row_y: int, d_pos: torch.Tensor, margin: float,
+                o: LossOptions) -> torch.Tensor:
+    """(N,): per column i, the mean over the 3(N-1) images e of other columns of
+    [D(x_i, y_i) + alpha - min(D(x_i, e), D(y_i, e))]_+ (only D(x_i, e) without anchor swap)."""
+    r, n, d = desc.shape
+    flat = desc.reshape(r * n, d)
+    dist = pairwise_distance(desc[row_x], flat, o.squared)
+    if o.anchor_swap:
+        dist = torch.minimum(dist, pairwise_distance(desc[row_y], flat, o.squared))
+    other = torch.arange(n, device=desc.device)[:, None] != torch.arange(n, device=desc.device).repeat(r)[None, :]
+    hinge = (d_pos[:, None] + margin - dist).clamp_min(0) * other.to(desc.dtype)
+    return hinge.sum(dim=1) / other.sum(dim=1)
+
+
 def batched_loss(desc: torch.Tensor, masked: dict | None = None,
                  options: LossOptions | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 8 on a (3, N, D) batch: row 0 anchors a_i, row 1 strong positives s_i, row 2 weak positives w_i;
@@ -93,6 +109,7 @@ def batched_loss(desc: torch.Tensor, masked: dict | None = None,
 
         n(x_i, y_i) = min over images e of the other columns of min(D(x_i, e), D(y_i, e))   (hardest in-batch
                       negative with anchor swap, eq. 6; without `anchor_swap` only D(x_i, e))
+        (`mining="all"` replaces [D + alpha - n]_+ by its mean over every such e, a gentler variant)
         L_easy_i = v^s_i [D(a*_i, s*_i) - beta]_+ + lambda [D(a_i, s_i) + alpha_e - n(a_i, s_i)]_+     (alpha_e = 1)
         L_weak_i = v^w_i [D(a*_i, w*_i) - beta]_+ + lambda [D(a_i, w_i) + alpha_w - n(a_i, w_i)]_+     (alpha_w = 0.5)
         L_hard_i = [D(a_i, s_i) + alpha_h - D(a_i, w_i)]_+                                        (alpha_h = 0.5)
@@ -103,8 +120,10 @@ def batched_loss(desc: torch.Tensor, masked: dict | None = None,
     valid), "weak": (a*, w*, valid)}`, (N, D) each, valid (N,) bool, with v_i = valid_i (both masks
     non-empty at feature-map size); lambda = `mask_lambda` (0.5) then, and 1 with `use_masks` off (eq. 6).
 
-    Returns (loss, terms): terms "easy", "weak", "hard" (each already averaged, unweighted) and "mask"
-    (the mask parts of easy + weak), all detached.
+    Returns (loss, terms): terms "easy", "weak", "hard" (each already averaged, unweighted), "mask" (the
+    mask parts of easy + weak), and for monitoring "d_pos" (mean D(a, s)), "d_neg" (mean n(a, s)) and
+    "rank_ok" (share of columns with D(a, s) < n(a, s)); all detached. Collapse (every descriptor alike)
+    shows as d_pos and d_neg near 0 with the loss stuck near alpha_e lambda + alpha_w lambda + alpha_h.
     """
     o = options or LossOptions()
     if desc.dim() != 3 or desc.shape[0] != 3:
@@ -120,13 +139,19 @@ def batched_loss(desc: torch.Tensor, masked: dict | None = None,
         return torch.minimum(hn[row_x], hn[row_y]) if o.anchor_swap else hn[row_x]
 
     d_as, d_aw = distance(a, s, o.squared), distance(a, w, o.squared)
-    easy = lam * (d_as + o.margin_easy - neg(0, 1)).clamp_min(0)
-    weak = lam * (d_aw + o.margin_weak - neg(0, 2)).clamp_min(0)
+    if o.mining == "hardest":
+        easy = lam * (d_as + o.margin_easy - neg(0, 1)).clamp_min(0)
+        weak = lam * (d_aw + o.margin_weak - neg(0, 2)).clamp_min(0)
+    elif o.mining == "all":
+        easy = lam * _mean_hinge(desc, 0, 1, d_as, o.margin_easy, o)
+        weak = lam * _mean_hinge(desc, 0, 2, d_aw, o.margin_weak, o)
+    else:
+        raise ValueError(f"unknown mining {o.mining!r}: hardest | all")
     hard = (d_as + o.margin_hard - d_aw).clamp_min(0)
     mask_parts = torch.zeros_like(easy)
     if use_masks:
         for key, target in (("strong", "easy"), ("weak", "weak")):
-            if key not in masked:
+            if key not in masked or key not in o.mask_pairs:
                 continue
             xa, xp, valid = masked[key]
             term = (distance(xa, xp, o.squared) - o.beta).clamp_min(0) * valid.to(desc.dtype)
@@ -137,8 +162,12 @@ def batched_loss(desc: torch.Tensor, masked: dict | None = None,
                 weak = weak + term
     easy_m, weak_m, hard_m = easy.mean(), weak.mean(), hard.mean()
     loss = easy_m + o.lambda_weak * weak_m + o.lambda_hard * hard_m
+    n_as = neg(0, 1)
     terms = {"easy": easy_m.detach(), "weak": weak_m.detach(), "hard": hard_m.detach(),
-             "mask": mask_parts.mean().detach()}
+             "mask": mask_parts.mean().detach(),
+             # monitoring: mean D(a, s), mean nearest-negative distance, share of columns ranked right
+             "d_pos": d_as.mean().detach(), "d_neg": n_as.mean().detach(),
+             "rank_ok": (d_as < n_as).to(desc.dtype).mean().detach()}
     return loss, terms
 
 
