@@ -16,7 +16,10 @@ def main():
     for stats in sorted(root.glob("*/*/stats.json")):
         timing = stats.parent.parent / "base" / "timing.json"
         shared = json.loads(timing.read_text())["features_s"] if timing.exists() else 0.0
-        records.append({"scene": stats.parts[-3], "features_shared_s": shared, **json.loads(stats.read_text())})
+        record = {"scene": stats.parts[-3], "features_shared_s": shared, **json.loads(stats.read_text())}
+        if stats.parent.name != record.get("method"):  # a kept earlier run, e.g. retrieval_512px
+            record["method"] = stats.parent.name
+        records.append(record)
     print(markdown(records))
 
 
