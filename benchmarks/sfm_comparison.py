@@ -245,6 +245,15 @@ def retrieval_options(args: argparse.Namespace, weights: str | None):
     )
 
 
+def resolved_weights(weights: str) -> str:
+    """What `--weights` loads: "default" names the shipped file, or ImageNet when none ships."""
+    from mirror_sfm.model import PACKAGED_WEIGHTS
+
+    if weights != "default":
+        return weights
+    return f"default ({PACKAGED_WEIGHTS.name})" if PACKAGED_WEIGHTS.is_file() else "default (imagenet: none shipped)"
+
+
 def k_for_pair_count(image_dir: Path, names: list[str], run_dir: Path, target: int, weights: str | None,
                      args: argparse.Namespace) -> tuple[int, int, float]:
     """Rank once at a large K and return (K, its pair count, seconds) so the count is closest to `target`."""
@@ -302,7 +311,7 @@ def run_method(method: Method, image_dir: Path, names: list[str] | None, out: Pa
                         target["pairs_to_match"], method.match)
         ropts = retrieval_options(args, method.weights)
         opts = replace(opts, pairs="retrieval", num_matched=k, retrieval_kwargs={"options": ropts})
-        record["weights"] = ropts.extraction.weights
+        record["weights"] = resolved_weights(ropts.extraction.weights)
     logger.info("running %s", method.name)
     stats = reconstruct(image_dir, run_dir, opts)
     if not args.keep_databases:
