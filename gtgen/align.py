@@ -428,19 +428,9 @@ def load_mesh_keep_visuals(path: str | Path):
     """One Trimesh from a file, texture / colours kept where trimesh can (several parts are concatenated)."""
     import trimesh
 
-    from .visibility import read_trimesh
+    from .synthetic import load_textured
 
-    loaded = read_trimesh(path, "scene")
-    parts = []
-    for node in loaded.graph.nodes_geometry:
-        transform, name = loaded.graph[node]
-        geom = loaded.geometry[name]
-        if isinstance(geom, trimesh.Trimesh) and len(geom.faces):
-            geom = geom.copy()
-            geom.apply_transform(transform)
-            parts.append(geom)
-    if not parts:
-        raise MirrorError(f"{path}: no triangles in this mesh (empty, or a point cloud?)")
+    parts = load_textured(path)
     return parts[0] if len(parts) == 1 else trimesh.util.concatenate(parts)
 
 
