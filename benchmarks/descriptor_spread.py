@@ -32,8 +32,7 @@ def scene_descriptors(scene: Path, model, workdir: Path) -> tuple[np.ndarray, np
     h5 = workdir / f"{scene.name}.h5"
     extract(labels.image_dir, h5, ExtractionOptions(regional=False), image_names=labels.names, model=model)
     _, glob, _ = read_descriptors(h5, labels.names)
-    co = combined_ratios(labels.ct, labels.mo, 0.2)
-    co = np.asarray(co.todense() if hasattr(co, "todense") else co)
+    co = combined_ratios(labels.ct, labels.mo, 0.2).toarray()
     return glob / np.linalg.norm(glob, axis=1, keepdims=True), co
 
 

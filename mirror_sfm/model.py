@@ -58,6 +58,17 @@ def save_weights(model: RetrievalModel, path: str | Path, half: bool = True) -> 
         torch.save(ckpt, tmp)
 
 
+def load_torch_file(path: Path, fmt: str, what: str, kind: str) -> dict:
+    """A torch.save'd dict whose "format" is `fmt`; unreadable or foreign files give one clear MirrorError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise MirrorError(f"cannot read {what} {path}: {exc.__class__.__name__}: {exc}") from None
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise MirrorError(f"not a mirror_sfm {kind}: {path}")
+    return state
+
+
 def load_model(weights: str | Path = "default", backbone: str = DEFAULT_BACKBONE) -> RetrievalModel:
     """Load a model: "default" (shipped fine-tuned weights, else ImageNet), "imagenet", or a checkpoint path."""
     if str(weights) == "default":
@@ -69,12 +80,7 @@ def load_model(weights: str | Path = "default", backbone: str = DEFAULT_BACKBONE
     path = Path(weights)
     if not path.is_file():
         raise MirrorError(f"model weights not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise MirrorError(f"cannot read model weights {path}: {exc.__class__.__name__}: {exc}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != WEIGHTS_FORMAT:
-        raise MirrorError(f"not a mirror_sfm weights file: {path}")
+    ckpt = load_torch_file(path, WEIGHTS_FORMAT, "model weights", "weights file")
     net = build_backbone(ckpt["backbone"], imagenet=False)
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
     whitening = Whitening.from_dict(ckpt["whitening"]) if ckpt.get("whitening") else None

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MirrorError
 from ..io_utils import atomic_path
+from ..model import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, schedul
     """Restore everything saved by `save_checkpoint`; returns the step. Warns when the config or the training
     scenes differ (labels written since: the batches drawn from here on differ from the first run's)."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise MirrorError(f"cannot read training checkpoint {path}: {exc.__class__.__name__}: {exc}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise MirrorError(f"not a mirror_sfm training checkpoint: {path}")
+    state = load_torch_file(path, CHECKPOINT_FORMAT, "training checkpoint", "training checkpoint")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
