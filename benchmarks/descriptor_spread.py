@@ -22,6 +22,7 @@ from scipy.stats import mannwhitneyu
 from gtgen.ratios import combined_ratios
 from mirror_sfm.extract import ExtractionOptions, extract
 from mirror_sfm.features_io import read_descriptors
+from mirror_sfm.io_utils import write_text_atomic
 from mirror_sfm.model import load_model
 from mirror_sfm.scene_eval import load_scene_labels
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['weights']} | {r['scene']} | {r['cos_pos']:.3f} | {r['cos_neg_same_scene']:.3f} "
               f"| {r['cos_other_scenes']:.3f} | {r['auc']:.3f} |")
     if args.output:
-        args.output.write_text(json.dumps(rows, indent=1))
+        write_text_atomic(args.output, json.dumps(rows, indent=1) + "\n")
     return 0
 
 
