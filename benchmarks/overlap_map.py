@@ -3,6 +3,8 @@
     python benchmarks/overlap_map.py --gt outputs/labels/alexander --pairs pairs.txt --out OUT
     python benchmarks/overlap_map.py --gt outputs/labels/* --method retrieval --weights imagenet --rerank prmac \
         --image-root ../shared/data/scenes --pooled --out OUT
+    python benchmarks/overlap_map.py --gt outputs/labels/* --method vocabtree --vocab-tree 'trees/without-{scene}.bin' \
+        --image-root ../shared/data/scenes --pooled --out OUT
 
 A GT folder is gtgen output (image_list.txt + geolabel/{common_track.txt, mesh_overlap.txt}) or a GL3D
 scene (geolabel/ + undist_images/<8-digit>.jpg, image k = line k of cameras.txt). A database image is a
@@ -16,6 +18,11 @@ in the GT image list are dropped) or `--method retrieval|vocabtree`, run here ov
 files of the rankings are written to OUT so they can be scored again). `--pooled`: all scenes' images
 form one database, names prefixed `<scene>/`, so every query is searched against every image (as in the
 paper); with --pairs it takes one file with prefixed names. Positives never cross scenes.
+
+--method vocabtree: COLMAP's vocab-tree retrieval over SIFT of the GT images. `{scene}` in --vocab-tree
+is replaced by each scene's name, so every scene's queries are ranked with a tree made without that
+scene (pooled, that tree indexes all scenes' images); `--sv-candidates 100` spatially verifies the
+tree's top 100 and re-ranks them by inliers, as COLMAP's num_images_after_verification does.
 
 Writes OUT/overlap_map.json (per scene and overall: mAP@k for each k, both definitions), overlap_map.md,
 pr.png (mean precision vs mean recall at ranks 1..max k) and topk.png (top 10 of a few queries; green =
@@ -222,15 +229,37 @@ def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
     return out
 
 
+def method_label(args: argparse.Namespace) -> str:
+    """How the reports name a method run here (when --name is not given)."""
+    if args.method == "retrieval":
+        return f"retrieval (weights {args.weights}, rerank {args.rerank}, resize {args.resize})"
+    verified = f", top {args.sv_candidates} verified" if args.sv_candidates else ""
+    return f"vocabtree ({args.vocab_tree}{verified})"
+
+
+def vocab_tree_for(args: argparse.Namespace, scene: str) -> Path:
+    """The tree that ranks `scene`'s queries: --vocab-tree with `{scene}` replaced by the scene's name."""
+    if args.vocab_tree is None:
+        raise MirrorError("--method vocabtree needs --vocab-tree FILE (or a template with {scene})")
+    path = Path(str(args.vocab_tree).replace("{scene}", scene))
+    if not path.is_file():
+        raise MirrorError(f"vocab tree not found: {path} (for scene {scene}; build it with 'mirror_sfm vocabtree build')")
+    return path
+
+
 def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Path,
                        args: argparse.Namespace) -> dict[str, dict[str, list[str]]]:
-    """COLMAP vocab-tree retrieval (--vocab-tree) over SIFT of the GT images; pooled via a folder of links."""
+    """COLMAP vocab-tree retrieval over SIFT of the GT images; pooled via a folder of links.
+
+    With a `{scene}` template in --vocab-tree each scene's queries are ranked with the tree made without that
+    scene; pooled, that tree indexes every scene's images and only that scene's queries are kept.
+    """
     import pycolmap
 
     from mirror_sfm.colmap import ReconstructionOptions, prepare_database
 
-    if args.vocab_tree is None or not args.vocab_tree.is_file():
-        raise MirrorError(f"--method vocabtree needs --vocab-tree FILE (got {args.vocab_tree})")
+    for s in scenes:
+        vocab_tree_for(args, s.name)  # fail before any SIFT is extracted
     sift = ReconstructionOptions(max_num_features=args.max_num_features, max_image_size=args.max_image_size)
     if pooled:
         root = work / "pooled_images"
@@ -240,19 +269,31 @@ def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
                 if not link.exists():
                     link.parent.mkdir(parents=True, exist_ok=True)
                     os.symlink((s.image_dir / n).resolve(), link)
-        jobs = [("pooled", root, [f"{s.name}/{n}" for s in scenes for n in s.names])]
+        jobs = [("pooled", root, [f"{s.name}/{n}" for s in scenes for n in s.names], scenes)]
     else:
-        jobs = [(s.name, s.image_dir, s.names) for s in scenes]
+        jobs = [(s.name, s.image_dir, s.names, [s]) for s in scenes]
     out = {}
-    for key, image_dir, names in jobs:
+    for key, image_dir, names, members in jobs:
         database, _, _ = prepare_database(work / f"sift-{key}", image_dir, names, sift)
-        pairing = pycolmap.VocabTreePairingOptions()
-        pairing.vocab_tree_path = str(args.vocab_tree)
-        pairing.num_images = depth + 1
-        with pycolmap.Database.open(str(database)) as db:
-            by_id = {img.image_id: img.name for img in db.read_all_images()}
-            pairs = pycolmap.VocabTreePairGenerator(pairing, db).all_pairs()  # per query, in rank order
-        out[key] = _group((by_id[a], by_id[b]) for a, b in pairs)
+        trees: dict[Path, list[SceneGT]] = {}
+        for s in members:
+            trees.setdefault(vocab_tree_for(args, s.name), []).append(s)
+        ranked: dict[str, list[str]] = {}
+        for tree, tree_scenes in trees.items():
+            pairing = pycolmap.VocabTreePairingOptions()
+            pairing.vocab_tree_path = str(tree)
+            pairing.num_images = depth + 1
+            if args.sv_candidates > 0:  # COLMAP verifies the top N by geometry and re-ranks them by inliers
+                pairing.num_images = max(args.sv_candidates, depth + 1)
+                pairing.num_images_after_verification = depth + 1
+            with pycolmap.Database.open(str(database)) as db:
+                by_id = {img.image_id: img.name for img in db.read_all_images()}
+                pairs = pycolmap.VocabTreePairGenerator(pairing, db).all_pairs()  # per query, in rank order
+            queries = {f"{s.name}/{n}" if pooled else n for s in tree_scenes for n in s.names}
+            # num_images counts the query itself; when a tie pushes it out, COLMAP returns one image more
+            ranked.update({q: ds[:depth] for q, ds in _group((by_id[a], by_id[b]) for a, b in pairs).items()
+                           if q in queries})
+        out[key] = ranked
     return out
 
 
@@ -405,8 +446,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         rankings = runner(scenes, args.pooled, max(ks), work, args)
         for key, ranked in rankings.items():
             write_pairs(args.out / f"pairs-{key}.txt", [(q, d) for q, ds in ranked.items() for d in ds])
-        name = args.name or (f"retrieval (weights {args.weights}, rerank {args.rerank}, resize {args.resize})"
-                             if args.method == "retrieval" else f"vocabtree ({args.vocab_tree})")
+        name = args.name or method_label(args)
 
     result = {"name": name, "positives": positives, "pooled": args.pooled, "ks": ks, "scenes": {}}
     all_gt, all_rank, all_queries = {}, {}, []
@@ -477,7 +517,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--resize", type=int, default=384)
     g.add_argument("--torch-device", default="auto")
     g = p.add_argument_group("--method vocabtree")
-    g.add_argument("--vocab-tree", type=Path)
+    g.add_argument("--vocab-tree", type=Path,
+                   help="tree file; '{scene}' in it is replaced by each scene's name (a tree made without that scene)")
+    g.add_argument("--sv-candidates", type=int, default=0,
+                   help="spatially verify the tree's top N and re-rank them by inliers (COLMAP's "
+                        "num_images_after_verification; 0 = plain tree)")
     g.add_argument("--max-num-features", type=int, default=8192)
     g.add_argument("--max-image-size", type=int, default=1600)
     return p.parse_args(argv)

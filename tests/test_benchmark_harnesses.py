@@ -207,3 +207,32 @@ def test_overlap_map_runs_retrieval(tmp_path):
     res = json.loads((out / "overlap_map.json").read_text())
     assert "weights imagenet" in res["name"] and 0 <= res["overall"]["map"]["3"]["ap_at_k"] <= 1
     assert (out / "topk.png").is_file()
+
+
+def test_overlap_map_runs_vocabtree_with_a_tree_per_scene(tmp_path, capsys):
+    """--vocab-tree with {scene}: each scene's queries are ranked with its own tree, per scene, pooled and verified."""
+    from mirror_sfm.vocabtree import build_vocab_tree
+
+    s1, s2 = write_gt(tmp_path / "s1"), write_gt(tmp_path / "s2")
+    tree = build_vocab_tree(FIXTURE, tmp_path / "trees" / "tree-s1.bin", num_words=64, max_num_features=512,
+                            max_image_size=320)
+    template = str(tmp_path / "trees" / "tree-{scene}.bin")
+    common = ["--gt", str(s1), str(s2), "--method", "vocabtree", "--vocab-tree", template,
+              "--images", str(FIXTURE), str(FIXTURE), "--k", "3", "--grid-queries", "0",
+              "--max-num-features", "512", "--max-image-size", "320", "--work", str(tmp_path / "work")]
+    # a missing tree is named before any SIFT is extracted
+    assert omap.main(common + ["--out", str(tmp_path / "o0")]) == 2
+    assert "tree-s2.bin (for scene s2" in capsys.readouterr().err and not (tmp_path / "work").exists()
+
+    shutil.copyfile(tree, tmp_path / "trees" / "tree-s2.bin")
+    for i, extra in enumerate(([], ["--pooled"], ["--sv-candidates", "4"])):
+        out = tmp_path / f"o{i + 1}"
+        assert omap.main(common + extra + ["--out", str(out)]) == 0
+        res = json.loads((out / "overlap_map.json").read_text())
+        assert res["overall"]["num_queries"] == 8 and 0 <= res["overall"]["map"]["3"]["ap_at_k"] <= 1
+        assert ("top 4 verified" in res["name"]) == ("--sv-candidates" in extra)
+        pooled = "--pooled" in extra
+        key = "pooled" if pooled else "s1"
+        names = [f"s{i}/{n}" for i in (1, 2) for n in NAMES] if pooled else NAMES
+        ranked = omap.rankings_from_pairs(out / f"pairs-{key}.txt", names)
+        assert sorted(ranked) == sorted(names) and all(0 < len(v) <= 3 and q not in v for q, v in ranked.items())
