@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -249,32 +248,28 @@ def vocab_tree_for(args: argparse.Namespace, scene: str) -> Path:
 
 def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Path,
                        args: argparse.Namespace) -> dict[str, dict[str, list[str]]]:
-    """COLMAP vocab-tree retrieval over SIFT of the GT images; pooled via a folder of links.
+    """COLMAP vocab-tree retrieval over SIFT of the GT images; pooled, one database merged from the scenes'.
 
     With a `{scene}` template in --vocab-tree each scene's queries are ranked with the tree made without that
     scene; pooled, that tree indexes every scene's images and only that scene's queries are kept.
     """
     import pycolmap
 
-    from mirror_sfm.colmap import ReconstructionOptions, prepare_database
+    from mirror_sfm.colmap import DATABASE_NAME, ReconstructionOptions, merge_databases, prepare_database
 
     for s in scenes:
         vocab_tree_for(args, s.name)  # fail before any SIFT is extracted
     sift = ReconstructionOptions(max_num_features=args.max_num_features, max_image_size=args.max_image_size)
-    if pooled:
-        root = work / "pooled_images"
-        for s in scenes:
-            for n in s.names:
-                link = root / s.name / n
-                if not link.exists():
-                    link.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink((s.image_dir / n).resolve(), link)
-        jobs = [("pooled", root, [f"{s.name}/{n}" for s in scenes for n in s.names], scenes)]
+    databases = {s.name: prepare_database(work / f"sift-{s.name}", s.image_dir, s.names, sift)[0] for s in scenes}
+    if pooled:  # the per-scene SIFT, images renamed <scene>/<name>: extracted once for both settings
+        pooled_db = work / "sift-pooled" / DATABASE_NAME
+        pooled_db.parent.mkdir(parents=True, exist_ok=True)
+        merge_databases([(s.name, databases[s.name]) for s in scenes], pooled_db)
+        jobs = [("pooled", pooled_db, scenes)]
     else:
-        jobs = [(s.name, s.image_dir, s.names, [s]) for s in scenes]
+        jobs = [(s.name, databases[s.name], [s]) for s in scenes]
     out = {}
-    for key, image_dir, names, members in jobs:
-        database, _, _ = prepare_database(work / f"sift-{key}", image_dir, names, sift)
+    for key, database, members in jobs:
         trees: dict[Path, list[SceneGT]] = {}
         for s in members:
             trees.setdefault(vocab_tree_for(args, s.name), []).append(s)

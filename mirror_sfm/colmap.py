@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,33 @@ def images_with_features(database: Path) -> set[str]:
             for img in db.read_all_images()
             if db.exists_keypoints(img.image_id) and db.exists_descriptors(img.image_id)
         }
+
+
+def merge_databases(parts: list[tuple[str, Path]], output: Path) -> Path:
+    """Write one database holding the images (cameras, keypoints, descriptors) of every `(prefix, database)`,
+    each image renamed `<prefix>/<name>` so that names from different databases cannot clash."""
+    with tempfile.TemporaryDirectory(dir=output.parent) as work:
+        merged = None
+        for i, (prefix, database) in enumerate(parts):
+            renamed = Path(work) / f"part{i}.db"
+            shutil.copyfile(database, renamed)
+            with pycolmap.Database.open(str(renamed)) as db:
+                for img in db.read_all_images():
+                    img.name = f"{prefix}/{img.name}"
+                    db.update_image(img)
+            if merged is None:
+                merged = renamed
+                continue
+            target = Path(work) / f"merged{i}.db"
+            with pycolmap.Database.open(str(merged)) as a, pycolmap.Database.open(str(renamed)) as b, \
+                    pycolmap.Database.open(str(target)) as m:
+                pycolmap.Database.merge(a, b, m)
+            merged = target
+        if merged is None:
+            raise MirrorError("no databases to merge")
+        with atomic_path(output) as tmp:
+            shutil.copyfile(merged, tmp)
+    return output
 
 
 def count_pairs(database: Path) -> tuple[int, int]:

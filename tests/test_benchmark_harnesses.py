@@ -211,6 +211,7 @@ def test_overlap_map_runs_retrieval(tmp_path):
 
 def test_overlap_map_runs_vocabtree_with_a_tree_per_scene(tmp_path, capsys):
     """--vocab-tree with {scene}: each scene's queries are ranked with its own tree, per scene, pooled and verified."""
+    from mirror_sfm.colmap import database_images as omap_images
     from mirror_sfm.vocabtree import build_vocab_tree
 
     s1, s2 = write_gt(tmp_path / "s1"), write_gt(tmp_path / "s2")
@@ -236,3 +237,6 @@ def test_overlap_map_runs_vocabtree_with_a_tree_per_scene(tmp_path, capsys):
         names = [f"s{i}/{n}" for i in (1, 2) for n in NAMES] if pooled else NAMES
         ranked = omap.rankings_from_pairs(out / f"pairs-{key}.txt", names)
         assert sorted(ranked) == sorted(names) and all(0 < len(v) <= 3 and q not in v for q, v in ranked.items())
+    # pooled merged the per-scene SIFT instead of extracting it again
+    assert sorted(omap_images(tmp_path / "work" / "sift-pooled" / "database.db")) == sorted(
+        f"s{i}/{n}" for i in (1, 2) for n in NAMES)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror_sfm.colmap import ReconstructionOptions, count_pairs, match_pairs, reconstruct
+from mirror_sfm.colmap import ReconstructionOptions, count_pairs, images_with_features, match_pairs, reconstruct
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.vocabtree import build_vocab_tree, read_descriptors
 
@@ -175,3 +175,20 @@ def test_match_pairs_errors(sift_db, tmp_path):
     pairs.write_text("IMG_9669.jpg IMG_0000.jpg\n")
     with pytest.raises(MirrorError, match="IMG_0000.jpg"):
         match_pairs(sift_db, pairs)
+
+
+def test_merge_databases_prefixes_names(sift_db, tmp_path):
+    import numpy as np
+    import pycolmap
+
+    from mirror_sfm.colmap import database_images, merge_databases
+
+    merged = merge_databases([("a", sift_db), ("b", sift_db)], tmp_path / "merged.db")
+    original, names = database_images(sift_db), database_images(merged)
+    assert sorted(names) == sorted(f"{p}/{n}" for p in "ab" for n in original)
+    assert images_with_features(merged) == set(names) and not list(tmp_path.glob("*.tmp*"))
+    name = sorted(original)[0]
+    with pycolmap.Database.open(str(sift_db)) as src, pycolmap.Database.open(str(merged)) as dst:
+        np.testing.assert_array_equal(src.read_keypoints(original[name]), dst.read_keypoints(names[f"b/{name}"]))
+    with pytest.raises(MirrorError, match="no databases"):
+        merge_databases([], tmp_path / "none.db")
