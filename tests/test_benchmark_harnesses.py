@@ -107,6 +107,22 @@ def test_sfm_comparison_end_to_end(tmp_path, caplog):
     assert json.loads((out / "results.json").read_text()) == records
 
 
+def test_summarize_sfm_comparison(tmp_path, capsys):
+    summ = _load("summarize_sfm_comparison")
+
+    def rec(method, pairs, points, total):
+        return {"method": method, "registered": 9, "images": 10, "pairs_to_match": pairs, "verified_pairs": pairs // 2,
+                "sparse_points": points, "time_s": {"total": total}}
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    (scene / "results.json").write_text(json.dumps([rec("exhaustive", 40, 1000, 80.0), rec("retrieval@5", 10, 950, 20.0)]))
+    assert summ.main([str(scene), str(tmp_path / "missing")]) == 0
+    out = capsys.readouterr()
+    assert "| scene | retrieval@5 | 9 / 10 | 10 | 5 | 950 | 20.0 | 0.25 | 0.95 | 0.25 |" in out.out
+    assert "skipped" in out.err and "missing" in out.err
+    assert summ.main([str(tmp_path / "missing")]) == 2
+
+
 def test_sfm_comparison_needs_a_vocab_tree(tmp_path, capsys):
     argv = [str(FIXTURE), "--out", str(tmp_path / "out"), "--methods", "vocabtree", "--vocab-images", str(FIXTURE)]
     args = sfm.parse_args(argv)
