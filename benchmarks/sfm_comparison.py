@@ -71,7 +71,12 @@ class Method:
     @property
     def slug(self) -> str:
         """Folder name for this method's run."""
-        return re.sub(r"[^A-Za-z0-9._@-]+", "_", self.name).strip("_") or "method"
+        return method_slug(self.name)
+
+
+def method_slug(name: str) -> str:
+    """OUT_DIR/methods/<slug>: the method's name with characters unsafe in a folder name replaced."""
+    return re.sub(r"[^A-Za-z0-9._@-]+", "_", name).strip("_") or "method"
 
 
 def parse_method(name: str, default_k: int, default_window: int) -> Method:

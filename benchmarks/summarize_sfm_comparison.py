@@ -2,9 +2,10 @@
 
     python benchmarks/summarize_sfm_comparison.py outputs/sfm_comparison/*/
 
-Each OUT_DIR holds results.json (one record per method). Per scene and method: registered / images, pairs to
-match, verified pairs, points and total time (pairs + matching + mapping, SIFT shared and not counted), with
-pairs, points and time also as a fraction of the same scene's exhaustive row when there is one.
+Each OUT_DIR holds results.json (one record per method). Per scene and method: registered / images (largest
+model), images registered in any model (COLMAP's models may share images), number of models, pairs to match,
+verified pairs, points (largest model) and total time (pairs + matching + mapping; SIFT is shared and not
+counted), with pairs, points and time also as a fraction of the same scene's exhaustive row when there is one.
 """
 from __future__ import annotations
 
@@ -13,13 +14,28 @@ import json
 import sys
 from pathlib import Path
 
-COLUMNS = ("scene | method | registered / images | pairs | verified | points | total (s) "
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sfm_comparison import method_slug  # noqa: E402
+
+COLUMNS = ("scene | method | registered / images | in any model | models | pairs | verified | points | total (s) "
            "| pairs vs exh. | points vs exh. | time vs exh.")
+
+
+def any_model(out_dir: Path, record: dict) -> int | str:
+    """The record's registered_any_model; for records made before it existed, read from the saved models."""
+    if "registered_any_model" in record:
+        return record["registered_any_model"]
+    import pycolmap
+
+    from mirror_sfm.colmap import registered_any_model
+
+    folders = sorted((out_dir / "methods" / method_slug(record["method"]) / "sparse").glob("[0-9]*"))
+    return registered_any_model(pycolmap.Reconstruction(str(f)) for f in folders) if folders else "–"
 
 
 def rows(out_dir: Path) -> list[str]:
     records = json.loads((out_dir / "results.json").read_text())
-    base = next((r for r in records if r["method"] == "exhaustive"), None)
+    base = next((r for r in records if r["method"] == "exhaustive" and "error" not in r), None)
 
     def ratio(r: dict, key: str) -> str:
         if base is None:
@@ -27,13 +43,15 @@ def rows(out_dir: Path) -> list[str]:
         a, b = (r["time_s"]["total"], base["time_s"]["total"]) if key == "time" else (r[key], base[key])
         return f"{a / b:.2f}" if b else "–"
 
-    return [f"| {out_dir.name} | {r['method']} | {r['registered']} / {r['images']} | {r['pairs_to_match']} "
+    return [f"| {out_dir.name} | {r['method']} | failed: {r['error']} |" + " |" * 9 if "error" in r else
+            f"| {out_dir.name} | {r['method']} | {r['registered']} / {r['images']} | {any_model(out_dir, r)} "
+            f"| {r['num_models']} | {r['pairs_to_match']} "
             f"| {r['verified_pairs']} | {r['sparse_points']} | {r['time_s']['total']:.1f} "
             f"| {ratio(r, 'pairs_to_match')} | {ratio(r, 'sparse_points')} | {ratio(r, 'time')} |" for r in records]
 
 
 def markdown(out_dirs: list[Path]) -> str:
-    lines = [f"| {COLUMNS} |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| {COLUMNS} |", "|---|---|" + "---:|" * 10]
     for d in out_dirs:
         lines += rows(d)
     return "\n".join(lines) + "\n"

@@ -397,18 +397,26 @@ def largest_model(models: dict[int, Any]) -> int | None:
     return max(models, key=lambda k: (models[k].num_reg_images(), models[k].num_points3D()))
 
 
+def registered_any_model(models: Iterable[Any]) -> int:
+    """Images registered in at least one model. COLMAP lets models share up to 20 images, so the sum of the
+    model sizes over-counts; on a scene that falls apart this is steadier than the largest model alone."""
+    return len({rec.images[i].name for rec in models for i in rec.reg_image_ids()})
+
+
 def model_stats(models: dict[int, Any]) -> dict:
-    """Registered images, points and quality of the largest model (zeros when mapping failed)."""
+    """Registered images (largest model, and any model), points and quality of the largest model."""
     best = largest_model(models)
     if best is None:
         return {
-            "model": None, "registered": 0, "num_models": 0, "sparse_points": 0, "observations": 0,
+            "model": None, "registered": 0, "registered_any_model": 0, "num_models": 0, "sparse_points": 0,
+            "observations": 0,
             "mean_track_length": None, "mean_reprojection_error": None,
         }
     rec = models[best]
     return {
         "model": f"sparse/{best}",
         "registered": int(rec.num_reg_images()),
+        "registered_any_model": registered_any_model(models.values()),
         "num_models": len(models),
         "sparse_points": int(rec.num_points3D()),
         "observations": int(rec.compute_num_observations()),

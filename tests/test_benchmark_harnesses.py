@@ -111,14 +111,19 @@ def test_summarize_sfm_comparison(tmp_path, capsys):
     summ = _load("summarize_sfm_comparison")
 
     def rec(method, pairs, points, total):
-        return {"method": method, "registered": 9, "images": 10, "pairs_to_match": pairs, "verified_pairs": pairs // 2,
-                "sparse_points": points, "time_s": {"total": total}}
+        return {"method": method, "registered": 9, "images": 10, "registered_any_model": 10, "num_models": 2,
+                "pairs_to_match": pairs, "verified_pairs": pairs // 2, "sparse_points": points,
+                "time_s": {"total": total}}
     scene = tmp_path / "scene"
     scene.mkdir()
-    (scene / "results.json").write_text(json.dumps([rec("exhaustive", 40, 1000, 80.0), rec("retrieval@5", 10, 950, 20.0)]))
+    old = rec("vocabtree", 20, 900, 30.0)
+    del old["registered_any_model"]  # a record from before the field: no models saved -> "–"
+    (scene / "results.json").write_text(json.dumps([rec("exhaustive", 40, 1000, 80.0), rec("retrieval@5", 10, 950, 20.0),
+                                                    old, {"method": "sequential", "error": "boom"}]))
     assert summ.main([str(scene), str(tmp_path / "missing")]) == 0
     out = capsys.readouterr()
-    assert "| scene | retrieval@5 | 9 / 10 | 10 | 5 | 950 | 20.0 | 0.25 | 0.95 | 0.25 |" in out.out
+    assert "| scene | retrieval@5 | 9 / 10 | 10 | 2 | 10 | 5 | 950 | 20.0 | 0.25 | 0.95 | 0.25 |" in out.out
+    assert "| scene | vocabtree | 9 / 10 | – | 2 |" in out.out and "| scene | sequential | failed: boom |" in out.out
     assert "skipped" in out.err and "missing" in out.err
     assert summ.main([str(tmp_path / "missing")]) == 2
 

@@ -15,8 +15,8 @@ from mirror_sfm.vocabtree import build_vocab_tree, read_descriptors
 FIXTURE = Path(__file__).parent / "fixtures" / "mary_rose" / "images"
 NUM_IMAGES = 12
 STATS_KEYS = {
-    "method", "images", "images_skipped", "registered", "pairs_to_match", "verified_pairs", "num_models",
-    "sparse_points", "observations", "mean_track_length", "mean_reprojection_error", "time_s",
+    "method", "images", "images_skipped", "registered", "registered_any_model", "pairs_to_match", "verified_pairs",
+    "num_models", "sparse_points", "observations", "mean_track_length", "mean_reprojection_error", "time_s",
     "pycolmap_version", "device",
 }
 TIME_KEYS = {"features", "pairs", "matching", "mapping", "total"}
@@ -57,6 +57,7 @@ def test_exhaustive_writes_stats(exhaustive_run):
     assert stats["pairs_to_match"] == NUM_IMAGES * (NUM_IMAGES - 1) // 2
     assert 0 < stats["verified_pairs"] <= stats["pairs_to_match"]
     assert_registered(stats)
+    assert stats["registered"] <= stats["registered_any_model"] <= NUM_IMAGES
     assert stats["sparse_points"] > 100 and stats["observations"] > stats["sparse_points"]
     assert (out / stats["model"] / "images.bin").is_file()
     assert not list(out.glob(".*tmp"))
