@@ -24,7 +24,8 @@ is replaced by each scene's name, so every scene's queries are ranked with a tre
 scene (pooled, that tree indexes all scenes' images); `--sv-candidates 100` spatially verifies the
 tree's top 100 and re-ranks them by inliers, as COLMAP's num_images_after_verification does.
 
-Writes OUT/overlap_map.json (per scene and overall: mAP@k for each k, both definitions), overlap_map.md,
+Writes OUT/overlap_map.json (per scene and overall: mAP@k for each k, both definitions; with --method also
+the seconds spent describing the images and ranking them), overlap_map.md,
 pr.png (mean precision vs mean recall at ranks 1..max k) and topk.png (top 10 of a few queries; green =
 positive, red = not).
 """
@@ -34,6 +35,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -195,9 +197,11 @@ def _group(pairs) -> dict[str, list[str]]:
     return {q: dedupe(v, q) for q, v in ranked.items()}
 
 
-def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Path,
-                       args: argparse.Namespace) -> dict[str, dict[str, list[str]]]:
-    """mirror_sfm retrieval over each scene's GT images (or all of them pooled): rankings per database."""
+def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Path, args: argparse.Namespace,
+                       timing: dict[str, float]) -> dict[str, dict[str, list[str]]]:
+    """mirror_sfm retrieval over each scene's GT images (or all of them pooled): rankings per database.
+
+    `timing` gets the seconds of describing the images (0-ish when cached in `work`) and of ranking them."""
     from mirror_sfm.extract import ExtractionOptions, extract
     from mirror_sfm.features_io import read_descriptors
     from mirror_sfm.model import load_model
@@ -206,6 +210,7 @@ def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
 
     options = PairsOptions(ExtractionOptions(resize=args.resize, weights=args.weights, device=args.torch_device),
                            RetrievalOptions(num_matched=depth, rerank=args.rerank, shortlist=args.shortlist))
+    t0 = time.perf_counter()
     model = load_model(args.weights)
     regional = args.rerank == "prmac"
     described = []
@@ -215,6 +220,8 @@ def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
         good = [n for n in s.names if n not in result.skipped]
         names, glob, reg = read_descriptors(feats, good, regional=regional)
         described.append((s.name, names, glob, reg))
+    timing["features"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     groups = [("pooled", described)] if pooled else [(d[0], [d]) for d in described]
     out = {}
     for key, parts in groups:
@@ -225,6 +232,7 @@ def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
                                                                                      num_matched=min(depth, len(names) - 1))),
                               model)
         out[key] = _group(pairs)
+    timing["ranking"] = time.perf_counter() - t0
     return out
 
 
@@ -246,8 +254,8 @@ def vocab_tree_for(args: argparse.Namespace, scene: str) -> Path:
     return path
 
 
-def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Path,
-                       args: argparse.Namespace) -> dict[str, dict[str, list[str]]]:
+def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Path, args: argparse.Namespace,
+                       timing: dict[str, float]) -> dict[str, dict[str, list[str]]]:
     """COLMAP vocab-tree retrieval over SIFT of the GT images; pooled, one database merged from the scenes'.
 
     With a `{scene}` template in --vocab-tree each scene's queries are ranked with the tree made without that
@@ -259,6 +267,7 @@ def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
 
     for s in scenes:
         vocab_tree_for(args, s.name)  # fail before any SIFT is extracted
+    t0 = time.perf_counter()
     sift = ReconstructionOptions(max_num_features=args.max_num_features, max_image_size=args.max_image_size)
     databases = {s.name: prepare_database(work / f"sift-{s.name}", s.image_dir, s.names, sift)[0] for s in scenes}
     if pooled:  # the per-scene SIFT, images renamed <scene>/<name>: extracted once for both settings
@@ -268,6 +277,8 @@ def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
         jobs = [("pooled", pooled_db, scenes)]
     else:
         jobs = [(s.name, databases[s.name], [s]) for s in scenes]
+    timing["features"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     out = {}
     for key, database, members in jobs:
         trees: dict[Path, list[SceneGT]] = {}
@@ -289,6 +300,7 @@ def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
             ranked.update({q: ds[:depth] for q, ds in _group((by_id[a], by_id[b]) for a, b in pairs).items()
                            if q in queries})
         out[key] = ranked
+    timing["ranking"] = time.perf_counter() - t0
     return out
 
 
@@ -327,6 +339,10 @@ def markdown(result: dict) -> str:
         vals = " | ".join(f"{r['map'][str(k)]['mirror']:.3f} | {r['map'][str(k)]['ap_at_k']:.3f}" for k in ks)
         lines.append(f"| {scene} | {r.get('num_images', result['num_images'])} | {r['num_queries']} "
                      f"| {r['num_empty_gt']} | {vals} |")
+    if "time_s" in result:
+        t = result["time_s"]
+        lines += ["", f"Time: features {t['features']:.1f} s (SIFT or CNN descriptors; near 0 when cached in --work), "
+                      f"ranking {t['ranking']:.1f} s."]
     return "\n".join(lines) + "\n"
 
 
@@ -438,12 +454,15 @@ def evaluate(args: argparse.Namespace) -> dict:
             raise MirrorError(f"no image folder for {', '.join(missing)}: give --images or --image-root")
         work = args.work or args.out / "work"
         runner = retrieval_rankings if args.method == "retrieval" else vocabtree_rankings
-        rankings = runner(scenes, args.pooled, max(ks), work, args)
+        timing: dict[str, float] = {}
+        rankings = runner(scenes, args.pooled, max(ks), work, args, timing)
         for key, ranked in rankings.items():
             write_pairs(args.out / f"pairs-{key}.txt", [(q, d) for q, ds in ranked.items() for d in ds])
         name = args.name or method_label(args)
 
     result = {"name": name, "positives": positives, "pooled": args.pooled, "ks": ks, "scenes": {}}
+    if not args.pairs:
+        result["time_s"] = {k: round(v, 3) for k, v in timing.items()}
     all_gt, all_rank, all_queries = {}, {}, []
     curves, examples = {}, []
     for db in databases:

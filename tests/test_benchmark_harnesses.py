@@ -173,6 +173,7 @@ def test_overlap_map_scores_a_pair_file(tmp_path):
     argv = ["--gt", str(gt), "--pairs", str(pairs), "--out", str(out), "--k", "3", "--images", str(FIXTURE)]
     assert omap.main(argv) == 0
     res = json.loads((out / "overlap_map.json").read_text())
+    assert "time_s" not in res  # a pair file was scored: nothing was run here
     ap_k = [(1 + 2 / 3) / 2, 1.0, 0.5 / 2, 0.0]
     ap_m = [0.5 * (1 + 1) / 2 + 0.5 * (0.5 + 2 / 3) / 2, 1.0, 0.5 * (0 + 0.5) / 2, 0.0]
     scene = res["scenes"]["scene"]
@@ -227,6 +228,7 @@ def test_overlap_map_runs_retrieval(tmp_path):
     assert sorted(ranked) == NAMES and all(len(v) == 3 and q not in v for q, v in ranked.items())
     res = json.loads((out / "overlap_map.json").read_text())
     assert "weights imagenet" in res["name"] and 0 <= res["overall"]["map"]["3"]["ap_at_k"] <= 1
+    assert res["time_s"]["features"] > 0 and res["time_s"]["ranking"] > 0
     assert (out / "topk.png").is_file()
 
 
@@ -253,6 +255,8 @@ def test_overlap_map_runs_vocabtree_with_a_tree_per_scene(tmp_path, capsys):
         res = json.loads((out / "overlap_map.json").read_text())
         assert res["overall"]["num_queries"] == 8 and 0 <= res["overall"]["map"]["3"]["ap_at_k"] <= 1
         assert ("top 4 verified" in res["name"]) == ("--sv-candidates" in extra)
+        assert res["time_s"]["features"] >= 0 and res["time_s"]["ranking"] > 0
+        assert "ranking" in (out / "overlap_map.md").read_text()
         pooled = "--pooled" in extra
         key = "pooled" if pooled else "s1"
         names = [f"s{i}/{n}" for i in (1, 2) for n in NAMES] if pooled else NAMES
