@@ -292,10 +292,14 @@ def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
             if args.sv_candidates > 0:  # COLMAP verifies the top N by geometry and re-ranks them by inliers
                 pairing.num_images = max(args.sv_candidates, depth + 1)
                 pairing.num_images_after_verification = depth + 1
+            queries = {f"{s.name}/{n}" if pooled else n for s in tree_scenes for n in s.names}
             with pycolmap.Database.open(str(database)) as db:
                 by_id = {img.image_id: img.name for img in db.read_all_images()}
+                if len(queries) < len(by_id):  # only these queries (the tree still indexes every image)
+                    match_list = database.parent / f"queries-{tree.stem}.txt"
+                    write_text_atomic(match_list, "".join(f"{q}\n" for q in sorted(queries)))
+                    pairing.match_list_path = str(match_list)
                 pairs = pycolmap.VocabTreePairGenerator(pairing, db).all_pairs()  # per query, in rank order
-            queries = {f"{s.name}/{n}" if pooled else n for s in tree_scenes for n in s.names}
             # num_images counts the query itself; when a tie pushes it out, COLMAP returns one image more
             ranked.update({q: ds[:depth] for q, ds in _group((by_id[a], by_id[b]) for a, b in pairs).items()
                            if q in queries})
