@@ -33,6 +33,11 @@ def any_model(out_dir: Path, record: dict) -> int | str:
     return registered_any_model(pycolmap.Reconstruction(str(f)) for f in folders) if folders else "–"
 
 
+def seconds(record: dict) -> float:
+    """Pairs + matching + mapping (sfm_comparison's method_s; older records: the run's total)."""
+    return record.get("method_s", record["time_s"]["total"])
+
+
 def rows(out_dir: Path) -> list[str]:
     records = json.loads((out_dir / "results.json").read_text())
     base = next((r for r in records if r["method"] == "exhaustive" and "error" not in r), None)
@@ -40,13 +45,13 @@ def rows(out_dir: Path) -> list[str]:
     def ratio(r: dict, key: str) -> str:
         if base is None:
             return "–"
-        a, b = (r["time_s"]["total"], base["time_s"]["total"]) if key == "time" else (r[key], base[key])
+        a, b = (seconds(r), seconds(base)) if key == "time" else (r[key], base[key])
         return f"{a / b:.2f}" if b else "–"
 
     return [f"| {out_dir.name} | {r['method']} | failed: {r['error']} |" + " |" * 9 if "error" in r else
             f"| {out_dir.name} | {r['method']} | {r['registered']} / {r['images']} | {any_model(out_dir, r)} "
             f"| {r['num_models']} | {r['pairs_to_match']} "
-            f"| {r['verified_pairs']} | {r['sparse_points']} | {r['time_s']['total']:.1f} "
+            f"| {r['verified_pairs']} | {r['sparse_points']} | {seconds(r):.1f} "
             f"| {ratio(r, 'pairs_to_match')} | {ratio(r, 'sparse_points')} | {ratio(r, 'time')} |" for r in records]
 
 

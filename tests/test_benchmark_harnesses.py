@@ -113,7 +113,7 @@ def test_summarize_sfm_comparison(tmp_path, capsys):
     def rec(method, pairs, points, total):
         return {"method": method, "registered": 9, "images": 10, "registered_any_model": 10, "num_models": 2,
                 "pairs_to_match": pairs, "verified_pairs": pairs // 2, "sparse_points": points,
-                "time_s": {"total": total}}
+                "time_s": {"total": total + 0.5}, "method_s": total}
     scene = tmp_path / "scene"
     scene.mkdir()
     old = rec("vocabtree", 20, 900, 30.0)
