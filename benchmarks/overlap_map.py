@@ -197,11 +197,10 @@ def _group(pairs) -> dict[str, list[str]]:
     return {q: dedupe(v, q) for q, v in ranked.items()}
 
 
-def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Path, args: argparse.Namespace,
-                       timing: dict[str, float]) -> dict[str, dict[str, list[str]]]:
-    """mirror_sfm retrieval over each scene's GT images (or all of them pooled): rankings per database.
-
-    `timing` gets the seconds of describing the images (0-ish when cached in `work`) and of ranking them."""
+def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Path,
+                       args: argparse.Namespace) -> tuple[dict[str, dict[str, list[str]]], dict[str, float]]:
+    """mirror_sfm retrieval over each scene's GT images (or all of them pooled): (rankings per database,
+    seconds of describing the images (0-ish when cached in `work`) and of ranking them)."""
     from mirror_sfm.extract import ExtractionOptions, extract
     from mirror_sfm.features_io import read_descriptors
     from mirror_sfm.model import load_model
@@ -220,8 +219,7 @@ def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
         good = [n for n in s.names if n not in result.skipped]
         names, glob, reg = read_descriptors(feats, good, regional=regional)
         described.append((s.name, names, glob, reg))
-    timing["features"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t_features, t0 = time.perf_counter() - t0, time.perf_counter()
     groups = [("pooled", described)] if pooled else [(d[0], [d]) for d in described]
     out = {}
     for key, parts in groups:
@@ -232,8 +230,7 @@ def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
                                                                                      num_matched=min(depth, len(names) - 1))),
                               model)
         out[key] = _group(pairs)
-    timing["ranking"] = time.perf_counter() - t0
-    return out
+    return out, {"features": t_features, "ranking": time.perf_counter() - t0}
 
 
 def method_label(args: argparse.Namespace) -> str:
@@ -254,9 +251,11 @@ def vocab_tree_for(args: argparse.Namespace, scene: str) -> Path:
     return path
 
 
-def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Path, args: argparse.Namespace,
-                       timing: dict[str, float]) -> dict[str, dict[str, list[str]]]:
+def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Path,
+                       args: argparse.Namespace) -> tuple[dict[str, dict[str, list[str]]], dict[str, float]]:
     """COLMAP vocab-tree retrieval over SIFT of the GT images; pooled, one database merged from the scenes'.
+    Returns the rankings and the seconds of SIFT (0-ish when cached in `work`) and of ranking, as
+    `retrieval_rankings` does.
 
     With a `{scene}` template in --vocab-tree each scene's queries are ranked with the tree made without that
     scene; pooled, that tree indexes every scene's images and only that scene's queries are kept.
@@ -277,35 +276,33 @@ def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
         jobs = [("pooled", pooled_db, scenes)]
     else:
         jobs = [(s.name, databases[s.name], [s]) for s in scenes]
-    timing["features"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t_features, t0 = time.perf_counter() - t0, time.perf_counter()
     out = {}
     for key, database, members in jobs:
         trees: dict[Path, list[SceneGT]] = {}
         for s in members:
             trees.setdefault(vocab_tree_for(args, s.name), []).append(s)
         ranked: dict[str, list[str]] = {}
-        for tree, tree_scenes in trees.items():
-            pairing = pycolmap.VocabTreePairingOptions()
-            pairing.vocab_tree_path = str(tree)
-            pairing.num_images = depth + 1
-            if args.sv_candidates > 0:  # COLMAP verifies the top N by geometry and re-ranks them by inliers
-                pairing.num_images = max(args.sv_candidates, depth + 1)
-                pairing.num_images_after_verification = depth + 1
-            queries = {f"{s.name}/{n}" if pooled else n for s in tree_scenes for n in s.names}
-            with pycolmap.Database.open(str(database)) as db:
-                by_id = {img.image_id: img.name for img in db.read_all_images()}
+        with pycolmap.Database.open(str(database)) as db:
+            by_id = {img.image_id: img.name for img in db.read_all_images()}
+            for tree, tree_scenes in trees.items():
+                pairing = pycolmap.VocabTreePairingOptions()
+                pairing.vocab_tree_path = str(tree)
+                pairing.num_images = depth + 1
+                if args.sv_candidates > 0:  # COLMAP verifies the top N by geometry and re-ranks them by inliers
+                    pairing.num_images = max(args.sv_candidates, depth + 1)
+                    pairing.num_images_after_verification = depth + 1
+                queries = {f"{s.name}/{n}" if pooled else n for s in tree_scenes for n in s.names}
                 if len(queries) < len(by_id):  # only these queries (the tree still indexes every image)
                     match_list = database.parent / f"queries-{tree.stem}.txt"
                     write_text_atomic(match_list, "".join(f"{q}\n" for q in sorted(queries)))
                     pairing.match_list_path = str(match_list)
                 pairs = pycolmap.VocabTreePairGenerator(pairing, db).all_pairs()  # per query, in rank order
-            # num_images counts the query itself; when a tie pushes it out, COLMAP returns one image more
-            ranked.update({q: ds[:depth] for q, ds in _group((by_id[a], by_id[b]) for a, b in pairs).items()
-                           if q in queries})
+                # num_images counts the query itself; when a tie pushes it out, COLMAP returns one image more
+                ranked.update({q: ds[:depth] for q, ds in _group((by_id[a], by_id[b]) for a, b in pairs).items()
+                               if q in queries})
         out[key] = ranked
-    timing["ranking"] = time.perf_counter() - t0
-    return out
+    return out, {"features": t_features, "ranking": time.perf_counter() - t0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,8 +455,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             raise MirrorError(f"no image folder for {', '.join(missing)}: give --images or --image-root")
         work = args.work or args.out / "work"
         runner = retrieval_rankings if args.method == "retrieval" else vocabtree_rankings
-        timing: dict[str, float] = {}
-        rankings = runner(scenes, args.pooled, max(ks), work, args, timing)
+        rankings, timing = runner(scenes, args.pooled, max(ks), work, args)
         for key, ranked in rankings.items():
             write_pairs(args.out / f"pairs-{key}.txt", [(q, d) for q, ds in ranked.items() for d in ds])
         name = args.name or method_label(args)
