@@ -1,3 +1,4 @@
+import logging
 import os
 from pathlib import Path
 
@@ -17,3 +18,12 @@ def fixture_images() -> Path:
 def imagenet_model():
     from mirror_sfm.model import load_model
     return load_model("imagenet").eval()
+
+
+@pytest.fixture
+def mirror_log(caplog):
+    """caplog sees mirror_sfm records (the package logger does not propagate to root)."""
+    logger = logging.getLogger("mirror_sfm")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)

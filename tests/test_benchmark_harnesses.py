@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -232,7 +233,7 @@ def test_overlap_map_runs_retrieval(tmp_path):
     assert (out / "topk.png").is_file()
 
 
-def test_overlap_map_runs_vocabtree_with_a_tree_per_scene(tmp_path, capsys):
+def test_overlap_map_runs_vocabtree_with_a_tree_per_scene(tmp_path, capsys, mirror_log):
     """--vocab-tree with {scene}: each scene's queries are ranked with its own tree, per scene, pooled and verified."""
     from mirror_sfm.colmap import database_images as omap_images
     from mirror_sfm.vocabtree import build_vocab_tree
@@ -249,9 +250,13 @@ def test_overlap_map_runs_vocabtree_with_a_tree_per_scene(tmp_path, capsys):
     assert "tree-s2.bin (for scene s2" in capsys.readouterr().err and not (tmp_path / "work").exists()
 
     shutil.copyfile(tree, tmp_path / "trees" / "tree-s2.bin")
+    mirror_log.set_level(logging.INFO, logger="mirror_sfm")
     for i, extra in enumerate(([], ["--pooled"], ["--sv-candidates", "4"])):
         out = tmp_path / f"o{i + 1}"
+        mirror_log.clear()
         assert omap.main(common + extra + ["--out", str(out)]) == 0
+        # only the first run extracts SIFT: the pooled one merges the per-scene databases
+        assert ("extracting SIFT" in mirror_log.text) == (i == 0)
         res = json.loads((out / "overlap_map.json").read_text())
         assert res["overall"]["num_queries"] == 8 and 0 <= res["overall"]["map"]["3"]["ap_at_k"] <= 1
         assert ("top 4 verified" in res["name"]) == ("--sv-candidates" in extra)
@@ -262,6 +267,5 @@ def test_overlap_map_runs_vocabtree_with_a_tree_per_scene(tmp_path, capsys):
         names = [f"s{i}/{n}" for i in (1, 2) for n in NAMES] if pooled else NAMES
         ranked = omap.rankings_from_pairs(out / f"pairs-{key}.txt", names)
         assert sorted(ranked) == sorted(names) and all(0 < len(v) <= 3 and q not in v for q, v in ranked.items())
-    # pooled merged the per-scene SIFT instead of extracting it again
     assert sorted(omap_images(tmp_path / "work" / "sift-pooled" / "database.db")) == sorted(
         f"s{i}/{n}" for i in (1, 2) for n in NAMES)

@@ -97,15 +97,6 @@ def test_read_descriptors_samples(sift_db):
     assert sample.shape == (1000, 128)
 
 
-@pytest.fixture
-def mirror_log(caplog):
-    """caplog sees mirror_sfm records (the package logger does not propagate to root)."""
-    logger = logging.getLogger("mirror_sfm")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 def test_unreadable_images_are_skipped(sift_db, tmp_path, mirror_log):
     images = tmp_path / "images"
     shutil.copytree(FIXTURE, images)
