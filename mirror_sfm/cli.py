@@ -16,6 +16,7 @@ from .errors import MirrorError
 from .extract import ExtractionOptions
 from .pairs import PairsOptions
 from .retrieval import RetrievalOptions
+from .verify import VerifyOptions
 
 logger = logging.getLogger("mirror_sfm")
 
@@ -37,12 +38,34 @@ def _add_retrieval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("retrieval")
     g.add_argument("--rerank", choices=["prmac", "none"], default=d.rerank,
                    help="re-rank a shortlist by PR-MAC regional matching (default %(default)s)")
-    g.add_argument("--shortlist", type=int, default=d.shortlist, help="candidates re-ranked per query (default %(default)s)")
+    g.add_argument("--prmac-shortlist", type=int, default=d.shortlist,
+                   help="CNN candidates re-ranked by PR-MAC per query (default %(default)s)")
     g.add_argument("--query-expansion", type=int, default=d.query_expansion, metavar="N",
                    help="alpha query expansion over the top N (0 = off, default)")
     g.add_argument("--whitening", choices=["none", "model", "database"], default=d.whitening,
                    help="descriptor whitening: none, the model's own, or PCA fitted on these images (default %(default)s)")
     g.add_argument("--exact-max", type=int, default=d.exact_max, help="exact search up to this many images, IVF above")
+
+
+def _add_verify_args(p: argparse.ArgumentParser, database: bool) -> None:
+    d = VerifyOptions()
+    g = p.add_argument_group("geometric verification of the shortlist")
+    g.add_argument("--verify", choices=["sift", "none"], default=d.method,
+                   help="sift: re-rank each image's CNN shortlist by SIFT inliers (COLMAP's matching rule and "
+                        "two-view geometry); none: CNN + PR-MAC order only, the fast mode (default %(default)s)")
+    g.add_argument("--shortlist", type=int, default=d.shortlist, metavar="N",
+                   help="CNN candidates per image that are verified (default %(default)s)")
+    g.add_argument("--verify-features", type=int, default=d.num_features, metavar="N",
+                   help="SIFT features per image used to verify, largest scale first (default %(default)s)")
+    if database:
+        g.add_argument("--database", type=Path,
+                       help="COLMAP database with SIFT for these images (colmap feature_extractor, "
+                            "pycolmap.extract_features): read-only, nothing is extracted. Default: light SIFT "
+                            "(1024 features, 1024 px) cached in OUTPUT-sift.db")
+
+
+def _verify_options(args) -> VerifyOptions:
+    return VerifyOptions(method=args.verify, shortlist=args.shortlist, num_features=args.verify_features)
 
 
 def _extraction_options(args) -> ExtractionOptions:
@@ -51,7 +74,7 @@ def _extraction_options(args) -> ExtractionOptions:
 
 
 def _retrieval_options(args) -> RetrievalOptions:
-    return RetrievalOptions(num_matched=args.num_matched, rerank=args.rerank, shortlist=args.shortlist,
+    return RetrievalOptions(num_matched=args.num_matched, rerank=args.rerank, shortlist=args.prmac_shortlist,
                             query_expansion=args.query_expansion, whitening=args.whitening, exact_max=args.exact_max)
 
 
@@ -82,9 +105,10 @@ def cmd_extract(args) -> None:
 
 def cmd_pairs(args) -> None:
     from .pairs import generate_pairs
-    options = PairsOptions(_extraction_options(args), _retrieval_options(args), args.sequential, args.symmetric)
+    options = PairsOptions(_extraction_options(args), _retrieval_options(args), args.sequential, args.symmetric,
+                           _verify_options(args))
     pairs = generate_pairs(args.images, args.output, args.num_matched, features=args.features,
-                           options=options, scores_output=args.scores)
+                           options=options, scores_output=args.scores, database=args.database)
     print(f"{len(pairs)} pairs -> {args.output}")
 
 
@@ -109,7 +133,7 @@ def cmd_match(args) -> None:
 def cmd_reconstruct(args) -> None:
     from .colmap import ReconstructionOptions, reconstruct
     retrieval_kwargs = {"options": PairsOptions(_extraction_options(args), _retrieval_options(args),
-                                                args.sequential, False)}
+                                                args.sequential, False, _verify_options(args))}
     options = ReconstructionOptions(pairs=args.pairs, num_matched=args.num_matched, vocab_tree=args.vocab_tree,
                                     sequential_overlap=args.sequential_overlap, max_image_size=args.max_image_size,
                                     max_num_features=args.max_num_features, camera_mode=args.camera_mode,
@@ -174,12 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="pair file: 'name1 name2' a line")
     p.add_argument("--num-matched", "-k", type=int, default=20, help="neighbours per image (default %(default)s)")
     p.add_argument("--features", type=Path, help="descriptor cache (default: OUTPUT-global-feats.h5 beside it)")
-    p.add_argument("--scores", type=Path, help="also write 'name1 name2 score' lines here")
+    p.add_argument("--scores", type=Path,
+                   help="also write 'name1 name2 cnn_score inliers' lines here (inliers: verified SIFT inliers, "
+                        "0 = failed, -1 = not verified; no inliers field with --verify none)")
     p.add_argument("--sequential", type=int, default=0, metavar="W", help="add the next W images in name order")
     p.add_argument("--symmetric", action="store_true", help="drop (b, a) when (a, b) is listed")
     p.add_argument("--config", type=Path, help="YAML file of option defaults (e.g. configs/pairs.yaml)")
     _add_extraction_args(p)
     _add_retrieval_args(p)
+    _add_verify_args(p, database=True)
     p.set_defaults(func=cmd_pairs)
     _SUBPARSERS["pairs"] = p
 
@@ -210,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML file of option defaults")
     _add_extraction_args(p)
     _add_retrieval_args(p)
+    _add_verify_args(p, database=False)
     p.set_defaults(func=cmd_reconstruct)
     _SUBPARSERS["reconstruct"] = p
 

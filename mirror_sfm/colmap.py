@@ -319,8 +319,13 @@ def match_sequential(database: Path, options: ReconstructionOptions) -> None:
     )
 
 
-def retrieval_pairs(image_dir: Path, out_dir: Path, names: list[str], options: ReconstructionOptions) -> Path:
-    """Write the CNN retrieval pair file (global features cached beside it) and return its path."""
+def retrieval_pairs(image_dir: Path, out_dir: Path, names: list[str], options: ReconstructionOptions,
+                    database: Path | None = None) -> Path:
+    """Write the CNN retrieval pair file (global features cached beside it) and return its path.
+
+    With `database` (the run's SIFT database) each image's shortlist is verified with its first SIFT features
+    (read-only) unless the retrieval options say `verify: none`; no SIFT is extracted twice.
+    """
     from .pairs import generate_pairs  # heavy (torch); only needed for this method
 
     pairs_path = Path(out_dir) / "pairs-retrieval.txt"
@@ -330,6 +335,7 @@ def retrieval_pairs(image_dir: Path, out_dir: Path, names: list[str], options: R
         num_matched=options.num_matched,
         image_names=names,
         features=Path(out_dir) / "global-feats.h5",
+        database=database,
         **options.retrieval_kwargs,
     )
     return pairs_path
@@ -343,7 +349,7 @@ def run_matching(
     t_pairs = 0.0
     t0 = time.perf_counter()
     if options.pairs == "retrieval":
-        pairs_path = retrieval_pairs(image_dir, out_dir, names, options)
+        pairs_path = retrieval_pairs(image_dir, out_dir, names, options, database)
         t_pairs = time.perf_counter() - t0
         logger.info("retrieval pairs (K=%d) in %.1f s", options.num_matched, t_pairs)
         t0 = time.perf_counter()

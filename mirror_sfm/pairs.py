@@ -1,8 +1,10 @@
 """From a folder of photos to a COLMAP/hloc pair file ranked by matchable-image retrieval.
 
-Each query's neighbours are written in rank order as `query neighbour` lines (hloc's
-`pairs_from_retrieval` convention); sequential neighbours in name order can be added for video or
-drone strips, and (a, b)/(b, a) repeats dropped on request.
+Each image's CNN shortlist (global descriptor, PR-MAC re-ranking) is verified geometrically with SIFT
+(``verify``: the features of a COLMAP database, or light SIFT cached beside the output) and its top K by
+verified inliers are written in rank order as `query neighbour` lines (hloc's `pairs_from_retrieval`
+convention); ``VerifyOptions.method = "none"`` keeps the CNN order (the fast mode). Sequential neighbours
+in name order can be added for video or drone strips, and (a, b)/(b, a) repeats dropped on request.
 """
 from __future__ import annotations
 
@@ -14,11 +16,14 @@ import numpy as np
 
 from .extract import ExtractionOptions, extract
 from .features_io import read_descriptors
+from .database_reader import FeatureDatabase
 from .errors import MirrorError
 from .images import list_images
 from .model import RetrievalModel, load_model
+from .io_utils import check_writable
 from .pairs_io import Pair, unique_pairs, write_pairs
 from .retrieval import RetrievalOptions, choose_whitening, retrieve
+from .verify import VerifyOptions, light_sift_database, rerank_by_geometry, verify_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +34,7 @@ class PairsOptions:
     retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
     sequential: int = 0        # also pair each image with its next W images in name order
     symmetric: bool = False    # keep one of (a, b) and (b, a)
+    verify: VerifyOptions = field(default_factory=VerifyOptions)  # geometric re-ranking of the shortlist
 
 
 def sequential_pairs(names: list[str], window: int) -> list[tuple[int, int]]:
@@ -43,52 +49,107 @@ def sequential_pairs(names: list[str], window: int) -> list[tuple[int, int]]:
 
 def rank_pairs(names: list[str], glob: np.ndarray, regional: np.ndarray | None, options: PairsOptions,
                model: RetrievalModel | None = None) -> tuple[list[Pair], list[float]]:
-    """Pairs and their scores for every image as a query, in rank order per query."""
+    """CNN pairs and their scores for every image as a query, in rank order per query (+ sequential, symmetric)."""
+    pairs, scores = retrieval_pairs(names, glob, regional, options, model)
+    return finish_pairs(names, glob, pairs, scores, options)
+
+
+def retrieval_pairs(names: list[str], glob: np.ndarray, regional: np.ndarray | None, options: PairsOptions,
+                    model: RetrievalModel | None = None) -> tuple[list[Pair], list[float]]:
+    """Each image's top `options.retrieval.num_matched` neighbours by the CNN (and PR-MAC), in rank order."""
     whitening = choose_whitening(options.retrieval, model.whitening if model else None, regional, glob)
     nn = retrieve(glob, regional, options.retrieval, whitening=whitening,
                   rmac_global=options.extraction.pooling == "rmac")
-    per_query: list[list[tuple[int, float]]] = [
-        [(int(j), float(s)) for j, s in zip(nn.indices[q], nn.scores[q]) if j >= 0] for q in range(len(names))
-    ]
-    if options.sequential > 0:
-        for i, j in sequential_pairs(names, options.sequential):
-            sim = float(glob[i] @ glob[j])
-            if all(j != k for k, _ in per_query[i]):
-                per_query[i].append((j, sim))
     pairs, scores = [], []
-    for q, neighbours in enumerate(per_query):
-        for j, s in neighbours:
-            pairs.append((names[q], names[j]))
-            scores.append(s)
+    for q in range(len(names)):
+        for j, s in zip(nn.indices[q], nn.scores[q]):
+            if j >= 0:
+                pairs.append((names[q], names[int(j)]))
+                scores.append(float(s))
+    return pairs, scores
+
+
+def finish_pairs(names: list[str], glob: np.ndarray, pairs: list[Pair], scores: list, options: PairsOptions
+                 ) -> tuple[list[Pair], list]:
+    """Add each image's next `sequential` images in name order (after its ranked ones) and, with `symmetric`,
+    drop (b, a) when (a, b) is listed. `scores` may hold any per-pair value (sequential pairs get the CNN cosine)."""
+    if options.sequential > 0:
+        per_query: dict[str, list[tuple[str, object]]] = {n: [] for n in names}
+        for p, s in zip(pairs, scores):
+            per_query[p[0]].append((p[1], s))
+        for i, j in sequential_pairs(names, options.sequential):
+            listed = per_query[names[i]]
+            if all(names[j] != d for d, _ in listed):
+                listed.append((names[j], _sequential_score(glob, i, j, scores)))
+        pairs = [(q, d) for q in names for d, _ in per_query[q]]
+        scores = [s for q in names for _, s in per_query[q]]
     if options.symmetric:
         keep = unique_pairs(pairs, symmetric=True)
-        score_of = {}
+        score_of: dict[Pair, object] = {}
         for p, s in zip(pairs, scores):
             score_of.setdefault(p, s)
         pairs, scores = keep, [score_of[p] for p in keep]
     return pairs, scores
 
 
-def generate_pairs(image_dir: str | Path, output: str | Path, num_matched: int = 20,
+def _sequential_score(glob: np.ndarray, i: int, j: int, scores: list):
+    sim = float(glob[i] @ glob[j])
+    if scores and isinstance(scores[0], tuple):  # (CNN score, geometric score): not verified
+        return (sim, None)
+    return sim
+
+
+def generate_pairs(image_dir: str | Path, output: str | Path, num_matched: int | None = None,
                    image_names: list[str] | None = None, features: str | Path | None = None,
                    options: PairsOptions | None = None, scores_output: str | Path | None = None,
-                   model: RetrievalModel | None = None) -> list[Pair]:
-    """Describe the images (cached in `features`, default `output` + `.h5` beside it), retrieve, write pairs.
+                   model: RetrievalModel | None = None, database: str | Path | None = None) -> list[Pair]:
+    """Describe the images (cached in `features`, default `output` + `-global-feats.h5` beside it), retrieve each
+    image's shortlist, verify it with SIFT (unless `options.verify.method == "none"`), write the top K as pairs.
 
+    `num_matched` (K) overrides `options.retrieval.num_matched` when given. `database`: a COLMAP database holding
+    SIFT for these images, read (never written) for verification; without it light SIFT is extracted into
+    `output` + `-sift.db` beside the output (resumable). `scores_output`: `name1 name2 cnn_score` lines, plus the
+    geometric score (verified inliers, 0 = failed) as a fourth field when verified.
     Returns the pairs written. The pair file (and the scores file) are written atomically.
     """
     options = options or PairsOptions()
-    options = replace(options, retrieval=replace(options.retrieval, num_matched=num_matched))  # caller's stays as is
+    if num_matched is not None:
+        options = replace(options, retrieval=replace(options.retrieval, num_matched=num_matched))
+    k = options.retrieval.num_matched
+    if k < 1:
+        raise MirrorError(f"num_matched (-k) must be >= 1, got {k}")
+    verify = options.verify
+    verify.validate()
     output = Path(output)
+    check_writable(output)
+    if scores_output:
+        check_writable(Path(scores_output))
     features = Path(features) if features else output.with_name(output.stem + "-global-feats.h5")
+    names = image_names if image_names is not None else list_images(image_dir)
+    if verify.method == "sift" and database is not None:
+        with FeatureDatabase(database) as db:  # fail before any work when the database lacks an image
+            db.check_names(names)
     model = model or load_model(options.extraction.weights)
     result = extract(image_dir, features, options.extraction, image_names=image_names, model=model)
-    names = image_names if image_names is not None else list_images(image_dir)
     good = [n for n in names if n not in result.skipped]
     names, glob, regional = read_descriptors(features, good, regional=options.retrieval.rerank == "prmac")
     if len(names) < 2:
         raise MirrorError(f"need at least two readable images in {image_dir} to make pairs")
-    pairs, scores = rank_pairs(names, glob, regional, options, model)
+    if verify.method == "none":
+        pairs, scores = rank_pairs(names, glob, regional, options, model)
+    else:
+        depth = max(verify.shortlist, k)
+        retrieval = replace(options.retrieval, num_matched=depth, shortlist=max(options.retrieval.shortlist, depth))
+        candidates, cnn = retrieval_pairs(names, glob, regional, replace(options, retrieval=retrieval), model)
+        own_db = database is None
+        if own_db:
+            database = light_sift_database(image_dir, names, output.with_name(output.stem + "-sift.db"), verify)
+        geometric = verify_pairs(database, candidates, verify, cache=output.with_name(output.stem + "-verify.txt"),
+                                 allow_missing=own_db)
+        pairs, cnn, geo = rerank_by_geometry(candidates, cnn, geometric, k)
+        pairs, scores = finish_pairs(names, glob, pairs, list(zip(cnn, geo)), options)
+        logger.info("verified %d candidate pairs (shortlist %d): %d of the %d kept pairs pass",
+                    len(geometric), depth, sum(1 for s in scores if s[1]), len(pairs))
     write_pairs(output, pairs)
     if scores_output:
         write_pairs(scores_output, pairs, scores)

@@ -10,8 +10,13 @@ from .io_utils import atomic_path
 Pair = tuple[str, str]
 
 
-def write_pairs(path: str | Path, pairs: Iterable[Pair], scores: Sequence[float] | None = None) -> None:
-    """Write pairs atomically, one `name1 name2` line each (`name1 name2 score` when scores are given)."""
+def write_pairs(path: str | Path, pairs: Iterable[Pair], scores: Sequence | None = None) -> None:
+    """Write pairs atomically, one `name1 name2` line each, `name1 name2 score` when scores are given.
+
+    A score may be a float (the CNN score) or a (CNN score, geometric score) tuple: `name1 name2 cnn inliers`,
+    where inliers is the verified inlier count (0: the pair failed verification, -1: not verified, e.g. a
+    sequential pair). COLMAP and hloc read the first two fields only.
+    """
     pairs = list(pairs)
     if scores is not None and len(scores) != len(pairs):
         raise ValueError("scores must have one value per pair")
@@ -24,7 +29,14 @@ def write_pairs(path: str | Path, pairs: Iterable[Pair], scores: Sequence[float]
             if scores is None:
                 f.writelines(f"{a} {b}\n" for a, b in pairs)
             else:
-                f.writelines(f"{a} {b} {s:.6f}\n" for (a, b), s in zip(pairs, scores))
+                f.writelines(f"{a} {b} {_format_score(s)}\n" for (a, b), s in zip(pairs, scores))
+
+
+def _format_score(score) -> str:
+    if isinstance(score, tuple):
+        cnn, geometric = score
+        return f"{cnn:.6f} {-1 if geometric is None else int(geometric)}"
+    return f"{score:.6f}"
 
 
 def read_pairs(path: str | Path) -> list[Pair]:

@@ -1,0 +1,112 @@
+"""Read SIFT features from a COLMAP database without touching it.
+
+The database is opened through SQLite's read-only URI (``mode=ro``), so a user's file is never migrated, locked
+for writing or changed by a byte, whichever COLMAP made it (3.8's schema and 4.x's share the tables read here):
+
+- ``images(image_id, name, camera_id)``, ``cameras(camera_id, model, width, height, params, prior_focal_length)``;
+- ``keypoints(image_id, rows, cols, data)``: float32 rows x cols (x, y first; 2, 4 or 6 columns);
+- ``descriptors(image_id, rows, cols, data)``: uint8 rows x 128.
+
+COLMAP stores features largest scale first, so the first N rows are the N most stable ones (its vocab tree's
+spatial verification keeps the same first N).
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+
+from .errors import MirrorError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageFeatures:
+    """One image's first N SIFT features and its camera."""
+
+    name: str
+    keypoints: np.ndarray    # (n, 2) float64 pixel coordinates
+    descriptors: np.ndarray  # (n, 128) uint8
+    camera: pycolmap.Camera
+
+
+class FeatureDatabase:
+    """Read-only access to the SIFT features of a COLMAP database (a context manager)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise MirrorError(f"COLMAP database not found: {self.path}")
+        try:
+            self._con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            rows = self._con.execute("SELECT image_id, name, camera_id FROM images").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise MirrorError(f"cannot read COLMAP database {self.path}: {exc}") from None
+        self.image_ids = {name: (image_id, camera_id) for image_id, name, camera_id in rows}
+        self._cameras: dict[int, pycolmap.Camera] = {}
+
+    def __enter__(self) -> FeatureDatabase:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._con.close()
+
+    def check_names(self, names: list[str]) -> None:
+        """MirrorError naming one image of `names` that the database lacks (with how many are missing)."""
+        missing = [n for n in names if n not in self.image_ids]
+        if missing:
+            raise MirrorError(
+                f"COLMAP database {self.path} lacks {len(missing)} of the {len(names)} images, e.g. {missing[0]}: "
+                "extract features for the same image folder (names relative to it), or leave out --database"
+            )
+
+    def camera(self, camera_id: int) -> pycolmap.Camera:
+        if camera_id not in self._cameras:
+            row = self._query("SELECT model, width, height, params, prior_focal_length FROM cameras "
+                              "WHERE camera_id = ?", (camera_id,))
+            if row is None:
+                raise MirrorError(f"COLMAP database {self.path}: camera {camera_id} is missing")
+            model, width, height, params, prior = row
+            camera = pycolmap.Camera(model=pycolmap.CameraModelId(model), width=width, height=height,
+                                     params=np.frombuffer(params, dtype=np.float64).copy())
+            camera.has_prior_focal_length = bool(prior)
+            self._cameras[camera_id] = camera
+        return self._cameras[camera_id]
+
+    def read(self, name: str, max_features: int | None = None) -> ImageFeatures:
+        """The first `max_features` keypoints and descriptors of image `name` (all when None)."""
+        image_id, camera_id = self.image_ids[name]
+        kp = self._query("SELECT rows, cols, data FROM keypoints WHERE image_id = ?", (image_id,))
+        desc = self._query("SELECT rows, cols, data FROM descriptors WHERE image_id = ?", (image_id,))
+        keypoints = _blob_array(kp, np.float32)
+        descriptors = _blob_array(desc, np.uint8)
+        if len(keypoints) != len(descriptors):
+            raise MirrorError(f"COLMAP database {self.path}: image {name} has {len(keypoints)} keypoints but "
+                              f"{len(descriptors)} descriptors")
+        if len(descriptors) and descriptors.shape[1] != 128:
+            raise MirrorError(f"COLMAP database {self.path}: image {name} has {descriptors.shape[1]}-d descriptors, "
+                              "not SIFT's 128")
+        n = len(keypoints) if max_features is None else min(max_features, len(keypoints))
+        return ImageFeatures(name, keypoints[:n, :2].astype(np.float64), np.ascontiguousarray(descriptors[:n]),
+                             self.camera(camera_id))
+
+    def _query(self, sql: str, args: tuple):
+        try:
+            return self._con.execute(sql, args).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise MirrorError(f"cannot read COLMAP database {self.path}: {exc}") from None
+
+
+def _blob_array(row, dtype) -> np.ndarray:
+    if row is None or row[2] is None or row[0] == 0:
+        return np.zeros((0, 128 if dtype == np.uint8 else 2), dtype)
+    rows, cols, data = row
+    return np.frombuffer(data, dtype=dtype).reshape(rows, cols)

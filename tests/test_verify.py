@@ -1,0 +1,174 @@
+"""Verified pairs: COLMAP's SIFT matching rule in torch, read-only databases, geometric re-ranking, the CLI."""
+import hashlib
+import shutil
+
+import numpy as np
+import pycolmap
+import pytest
+from PIL import Image
+
+from mirror_sfm.cli import main
+from mirror_sfm.database_reader import FeatureDatabase
+from mirror_sfm.errors import MirrorError
+from mirror_sfm.pairs import PairsOptions, generate_pairs
+from mirror_sfm.pairs_io import read_pairs
+from mirror_sfm.sift_matching import descriptor_tensor, match_one_to_many
+from mirror_sfm.verify import VerifyOptions, rerank_by_geometry, verify_pairs
+
+from conftest import FIXTURE
+
+EXPECTED = FIXTURE.parents[1] / "expected"
+
+
+def _sift_database(path, image_dir, names=None, max_features=1024):
+    opts = pycolmap.FeatureExtractionOptions()
+    opts.max_image_size = 640
+    opts.sift.max_num_features = max_features
+    opts.num_threads = 2
+    kwargs = {"image_names": names} if names is not None else {}
+    pycolmap.extract_features(str(path), str(image_dir), extraction_options=opts, device=pycolmap.Device.cpu,
+                              **kwargs)
+    return path
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def fixture_database(tmp_path_factory):
+    """A pycolmap-made SIFT database of the 12 fixture photos (never modified by the tests)."""
+    return _sift_database(tmp_path_factory.mktemp("db") / "database.db", FIXTURE)
+
+
+def _texture_image(path, seed=0):
+    """A photo of nothing in the fixture: smooth random blobs (SIFT finds features, none match the statue)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((640, 480), Image.BICUBIC).save(path, quality=95)
+
+
+def test_torch_matcher_equals_pycolmap_matcher(fixture_database):
+    matcher = pycolmap.FeatureMatcher.create(pycolmap.FeatureMatchingOptions(), pycolmap.Device.cpu)
+    with FeatureDatabase(fixture_database) as db:
+        names = sorted(db.image_ids)
+        feats = {n: db.read(n) for n in names}
+    query, others = names[0], names[1:6]
+    ours = match_one_to_many(descriptor_tensor(feats[query].descriptors),
+                             [descriptor_tensor(feats[o].descriptors) for o in others])
+    sift = pycolmap.FeatureExtractorType.SIFT
+    for other, got in zip(others, ours):
+        ref = matcher.match(None, pycolmap.FeatureDescriptors(sift, feats[query].descriptors),
+                            None, pycolmap.FeatureDescriptors(sift, feats[other].descriptors))
+        assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, np.asarray(ref).tolist())), other
+    assert len(ours[0]) > 50  # consecutive turntable views match well
+
+
+def test_verification_ranks_true_neighbour_above_unrelated_image(tmp_path, fixture_database):
+    images = tmp_path / "images"
+    shutil.copytree(FIXTURE, images)
+    _texture_image(images / "unrelated.jpg")
+    database = _sift_database(tmp_path / "db.db", images)
+    query, neighbour = "IMG_9669.jpg", "IMG_9670.jpg"
+    # the CNN (here: made up) prefers the unrelated image; geometry must overrule it
+    candidates = [(query, "unrelated.jpg"), (query, neighbour)]
+    scores = verify_pairs(database, candidates, VerifyOptions())
+    assert scores[(query, neighbour)] >= 15
+    assert scores[(query, "unrelated.jpg")] == 0
+    pairs, cnn, geo = rerank_by_geometry(candidates, [0.9, 0.5], scores, num_matched=2)
+    assert pairs == [(query, neighbour), (query, "unrelated.jpg")]
+    assert cnn == [0.5, 0.9] and geo[1] == 0
+
+
+def test_rerank_failed_pairs_keep_cnn_order_below_verified():
+    pairs = [("q", "a"), ("q", "b"), ("q", "c"), ("q", "d")]
+    geometric = {("a", "q"): 0, ("b", "q"): 40, ("c", "q"): 0, ("d", "q"): 100}
+    out, cnn, geo = rerank_by_geometry(pairs, [0.9, 0.8, 0.7, 0.6], geometric, num_matched=3)
+    assert out == [("q", "d"), ("q", "b"), ("q", "a")]
+    assert geo == [100, 40, 0]
+
+
+def test_pairs_database_is_read_only_and_nothing_extracted(tmp_path, fixture_database):
+    before = _digest(fixture_database)
+    out = tmp_path / "pairs.txt"
+    rc = main(["pairs", str(FIXTURE), "-o", str(out), "-k", "3", "--shortlist", "6", "--weights", "imagenet",
+               "--database", str(fixture_database), "--scores", str(tmp_path / "scores.txt")])
+    assert rc == 0
+    assert _digest(fixture_database) == before
+    assert not (tmp_path / "pairs-sift.db").exists()  # features came from the database
+    pairs = read_pairs(out)
+    assert len(pairs) == 12 * 3
+    lines = (tmp_path / "scores.txt").read_text().splitlines()
+    fields = [line.split() for line in lines]
+    assert all(len(f) == 4 for f in fields)
+    # each query's pairs: verified inliers never increase down the list
+    for q in {f[0] for f in fields}:
+        inl = [int(f[3]) for f in fields if f[0] == q]
+        assert inl == sorted(inl, reverse=True) and inl[0] >= 15
+
+
+def test_database_lacking_an_image_is_one_clear_error(tmp_path, capsys):
+    names = sorted(p.name for p in FIXTURE.iterdir())
+    database = _sift_database(tmp_path / "partial.db", FIXTURE, names=names[:-1])
+    rc = main(["pairs", str(FIXTURE), "-o", str(tmp_path / "pairs.txt"), "--weights", "imagenet",
+               "--database", str(database)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0
+    assert len(err) == 1 and names[-1] in err[0] and str(database) in err[0]
+    assert not (tmp_path / "pairs.txt").exists()
+    assert not (tmp_path / "pairs-global-feats.h5").exists()  # refused before any work
+
+
+def test_verify_none_reproduces_the_cnn_ranking(tmp_path, imagenet_model):
+    out = tmp_path / "pairs.txt"
+    options = PairsOptions(verify=VerifyOptions(method="none"))
+    generate_pairs(FIXTURE, out, num_matched=5, options=options, model=imagenet_model,
+                   scores_output=tmp_path / "scores.txt")
+    expected = (EXPECTED / "pairs-prmac-k5-scores.txt").read_text().splitlines()
+    got = (tmp_path / "scores.txt").read_text().splitlines()
+    assert [line.split()[:2] for line in got] == [line.split()[:2] for line in expected]
+    assert np.allclose([float(line.split()[2]) for line in got], [float(line.split()[2]) for line in expected],
+                       atol=1e-3)
+    assert not (tmp_path / "pairs-sift.db").exists()
+
+
+def test_image_without_features_scores_zero(tmp_path, imagenet_model):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in sorted(p.name for p in FIXTURE.iterdir())[:5]:
+        shutil.copy(FIXTURE / name, images / name)
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(images / "blank.jpg")  # no SIFT feature at all
+    scores_file = tmp_path / "scores.txt"
+    pairs = generate_pairs(images, tmp_path / "pairs.txt", num_matched=3, model=imagenet_model,
+                           options=PairsOptions(verify=VerifyOptions(shortlist=5)), scores_output=scores_file)
+    assert len(pairs) == 6 * 3
+    rows = [line.split() for line in scores_file.read_text().splitlines()]
+    assert all(int(r[3]) == 0 for r in rows if "blank.jpg" in r[:2])
+    assert any(int(r[3]) >= 15 for r in rows if "blank.jpg" not in r[:2])
+    assert (tmp_path / "pairs-sift.db").exists()  # light SIFT cache beside the output
+
+
+def test_verification_resumes_from_its_cache(tmp_path, fixture_database):
+    names = sorted(p.name for p in FIXTURE.iterdir())
+    pairs = [(a, b) for a in names[:4] for b in names if a != b]
+    cache = tmp_path / "verify.txt"
+    first = verify_pairs(fixture_database, pairs[:10], cache=cache)
+    lines = cache.read_text().splitlines()
+    cache.write_text("\n".join(lines[:6]) + "\nIMG_9669.jpg IMG_96")  # a run killed mid-line
+    both = verify_pairs(fixture_database, pairs, cache=cache)
+    assert {k: both[k] for k in first} == first
+    assert len(cache.read_text().splitlines()) == 1 + len(both) + 1  # header + scores (+ the cut line kept)
+
+
+@pytest.mark.parametrize("bad", [{"shortlist": 0}, {"num_features": -1}, {"method": "orb"}])
+def test_bad_verify_options(bad):
+    with pytest.raises(MirrorError):
+        VerifyOptions(**bad).validate()
+
+
+def test_k_must_be_positive(tmp_path, capsys):
+    for k in ("0", "-3"):
+        rc = main(["pairs", str(FIXTURE), "-o", str(tmp_path / "p.txt"), "-k", k, "--weights", "imagenet"])
+        assert rc != 0
+        assert "num_matched" in capsys.readouterr().err
+    assert not (tmp_path / "p.txt").exists()
