@@ -207,8 +207,11 @@ def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
     from mirror_sfm.pairs import PairsOptions, rank_pairs
     from mirror_sfm.retrieval import RetrievalOptions
 
+    verified = args.verify == "sift"
+    cnn_depth = max(depth, args.verify_shortlist) if verified else depth
     options = PairsOptions(ExtractionOptions(resize=args.resize, weights=args.weights, device=args.torch_device),
-                           RetrievalOptions(num_matched=depth, rerank=args.rerank, shortlist=args.shortlist))
+                           RetrievalOptions(num_matched=cnn_depth, rerank=args.rerank,
+                                            shortlist=max(args.shortlist, cnn_depth)))
     t0 = time.perf_counter()
     model = load_model(args.weights)
     regional = args.rerank == "prmac"
@@ -222,21 +225,72 @@ def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
     t_features, t0 = time.perf_counter() - t0, time.perf_counter()
     groups = [("pooled", described)] if pooled else [(d[0], [d]) for d in described]
     out = {}
+    t_verify = 0.0
     for key, parts in groups:
         names = [f"{p[0]}/{n}" if pooled else n for p in parts for n in p[1]]
         glob = np.concatenate([p[2] for p in parts])
         reg = np.concatenate([p[3] for p in parts]) if regional else None
-        pairs, _ = rank_pairs(names, glob, reg, replace(options, retrieval=replace(options.retrieval,
-                                                                                     num_matched=min(depth, len(names) - 1))),
-                              model)
+        pairs, cnn = rank_pairs(names, glob, reg, replace(options, retrieval=replace(
+            options.retrieval, num_matched=min(cnn_depth, len(names) - 1))), model)
+        if verified:
+            t1 = time.perf_counter()
+            pairs = verified_ranking(pairs, cnn, sift_database(key, [s for s in scenes if s.name in
+                                                                     {p[0] for p in parts}], pooled, work, args),
+                                     args, depth)
+            t_verify += time.perf_counter() - t1
         out[key] = _group(pairs)
-    return out, {"features": t_features, "ranking": time.perf_counter() - t0}
+    timing = {"features": t_features, "ranking": time.perf_counter() - t0 - t_verify}
+    if verified:
+        timing["verification"] = t_verify
+        timing["sift"] = _SIFT_SECONDS[0]
+    return out, timing
+
+
+_SIFT_SECONDS = [0.0]  # seconds spent making SIFT databases (0-ish when cached in the work folder)
+
+
+def sift_database(key: str, scenes: list[SceneGT], pooled: bool, work: Path, args: argparse.Namespace) -> Path:
+    """The SIFT database of one ranking group (a scene, or all scenes merged with names <scene>/<name>), shared with
+    --method vocabtree (same work folder, same SIFT settings: extracted once)."""
+    from mirror_sfm.colmap import DATABASE_NAME, ReconstructionOptions, merge_databases, prepare_database
+
+    t0 = time.perf_counter()
+    sift = ReconstructionOptions(max_num_features=args.max_num_features, max_image_size=args.max_image_size)
+    dbs = {s.name: prepare_database(work / f"sift-{s.name}", s.image_dir, s.names, sift)[0] for s in scenes}
+    if pooled:
+        database = work / "sift-pooled" / DATABASE_NAME
+        database.parent.mkdir(parents=True, exist_ok=True)
+        merge_databases([(s.name, dbs[s.name]) for s in scenes], database)
+    else:
+        database = dbs[key]
+    _SIFT_SECONDS[0] += time.perf_counter() - t0
+    return database
+
+
+def verified_ranking(pairs, cnn, database: Path, args: argparse.Namespace, depth: int):
+    """Each query's CNN top --verify-shortlist re-ranked by SIFT inliers, then the rest of its CNN ranking."""
+    from mirror_sfm.verify import VerifyOptions, rerank_by_geometry, verify_pairs
+
+    options = VerifyOptions(shortlist=args.verify_shortlist, num_features=args.verify_features)
+    per_query: dict[str, list[int]] = {}
+    for i, (q, _) in enumerate(pairs):
+        per_query.setdefault(q, []).append(i)
+    head = [i for idx in per_query.values() for i in idx[:options.shortlist]]
+    scores = verify_pairs(database, [pairs[i] for i in head], options)
+    top, _, _ = rerank_by_geometry([pairs[i] for i in head], [cnn[i] for i in head], scores, options.shortlist)
+    tails = {q: [pairs[i] for i in idx[options.shortlist:]] for q, idx in per_query.items()}
+    out = []
+    for q, ranked in _group(top).items():
+        out += [(q, d) for d in ranked] + tails[q]
+    return [(q, d) for q, ranked in _group(out).items() for d in ranked[:depth]]
 
 
 def method_label(args: argparse.Namespace) -> str:
     """How the reports name a method run here (when --name is not given)."""
     if args.method == "retrieval":
-        return f"retrieval (weights {args.weights}, rerank {args.rerank}, resize {args.resize})"
+        verified = (f", top {args.verify_shortlist} verified by SIFT ({args.verify_features} features)"
+                    if args.verify == "sift" else "")
+        return f"retrieval (weights {args.weights}, rerank {args.rerank}, resize {args.resize}{verified})"
     verified = f", top {args.sv_candidates} verified" if args.sv_candidates else ""
     return f"vocabtree ({args.vocab_tree}{verified})"
 
@@ -530,7 +584,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--shortlist", type=int, default=100)
     g.add_argument("--resize", type=int, default=384)
     g.add_argument("--torch-device", default="auto")
-    g = p.add_argument_group("--method vocabtree")
+    g.add_argument("--verify", choices=["none", "sift"], default="none",
+                   help="sift: re-rank each query's top --verify-shortlist by SIFT inliers (mirror_sfm.verify), "
+                        "with the first --verify-features of the SIFT below (shared with --method vocabtree)")
+    g.add_argument("--verify-shortlist", type=int, default=30)
+    g.add_argument("--verify-features", type=int, default=1024)
+    g = p.add_argument_group("--method vocabtree (and the SIFT of --verify sift)")
     g.add_argument("--vocab-tree", type=Path,
                    help="tree file; '{scene}' in it is replaced by each scene's name (a tree made without that scene)")
     g.add_argument("--sv-candidates", type=int, default=0,

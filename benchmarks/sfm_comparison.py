@@ -17,11 +17,16 @@ Methods (K defaults to --num-matched):
   vocabtree[@K]               local vocabulary tree (--vocab-tree FILE, or built from --vocab-images /
                               --vocab-databases, which must not hold the evaluated scene)
   vocabtree-sv[@K]            vocab tree, top --sv-candidates (100) spatially verified, best K kept
-  retrieval[@K]               mirror_sfm pairs with --weights; retrieval-WEIGHTS[@K] picks the weights
-                              ('imagenet', 'default' or a checkpoint path), e.g. retrieval-imagenet@20
+  retrieval[@K]               mirror_sfm pairs with --weights, CNN (+ PR-MAC) order (--verify none);
+                              retrieval-WEIGHTS[@K] picks the weights ('imagenet', 'default' or a checkpoint
+                              path), e.g. retrieval-imagenet@20
+  retrieval-verified[@K]      mirror_sfm pairs' default: each image's CNN top --verify-shortlist re-ranked by
+                              SIFT inliers (the run's own SIFT, first --verify-features), best K kept
   retrieval[-WEIGHTS]@match-M K chosen so that the pair count matches that of vocab-tree method M
                               (e.g. retrieval@match-vocabtree): the paper's "fix the number of pairs"
 Resumable: a method whose record is in results.json is not run again (--force runs it again).
+--repeats R maps each method's matches R times with mapper seeds 0..R-1 (the record keeps every run and the
+spread of registered images): on scenes whose largest model varies from run to run one mapping cannot rank methods.
 """
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ from mirror_sfm.io_utils import atomic_path, write_text_atomic  # noqa: E402
 
 logger = logging.getLogger("mirror_sfm.bench")
 
-KINDS = ("exhaustive", "sequential", "vocabtree", "vocabtree-sv", "retrieval")
+KINDS = ("exhaustive", "sequential", "vocabtree", "vocabtree-sv", "retrieval", "retrieval-verified")
 VOCAB_KINDS = ("vocabtree", "vocabtree-sv")
 
 
@@ -83,7 +88,7 @@ def parse_method(name: str, default_k: int, default_window: int) -> Method:
     """Parse a method name; MirrorError naming the method when it is not one of the forms in the docstring."""
     base, _, arg = name.partition("@")
     weights = None
-    if base.startswith("retrieval-"):
+    if base.startswith("retrieval-") and base != "retrieval-verified":
         base, weights = "retrieval", base[len("retrieval-"):]
         if not weights:
             raise MirrorError(f"method {name!r}: no weights after 'retrieval-'")
@@ -96,7 +101,7 @@ def parse_method(name: str, default_k: int, default_window: int) -> Method:
         return Method(name, base)
     if arg.startswith("match-"):
         if base != "retrieval":
-            raise MirrorError(f"method {name!r}: only retrieval can match another method's pair count")
+            raise MirrorError(f"method {name!r}: only (unverified) retrieval can match another method's pair count")
         target = parse_method(arg[len("match-"):], default_k, default_window)
         if target.kind not in VOCAB_KINDS:
             raise MirrorError(f"method {name!r}: can only match a vocab-tree method's pair count")
@@ -239,14 +244,17 @@ def closest_k(counts: list[int], target: int) -> int:
     return min(range(1, len(counts) + 1), key=lambda k: (abs(counts[k - 1] - target), k))
 
 
-def retrieval_options(args: argparse.Namespace, weights: str | None):
+def retrieval_options(args: argparse.Namespace, weights: str | None, verified: bool = False):
     from mirror_sfm.extract import ExtractionOptions
     from mirror_sfm.pairs import PairsOptions
     from mirror_sfm.retrieval import RetrievalOptions
+    from mirror_sfm.verify import VerifyOptions
 
     return PairsOptions(
         ExtractionOptions(resize=args.resize, weights=weights or args.weights, device=args.torch_device),
         RetrievalOptions(rerank=args.rerank, shortlist=args.shortlist),
+        verify=VerifyOptions(method="sift" if verified else "none", shortlist=args.verify_shortlist,
+                             num_features=args.verify_features),
     )
 
 
@@ -314,17 +322,43 @@ def run_method(method: Method, image_dir: Path, names: list[str] | None, out: Pa
             record.update(matched_method=method.match, target_pairs=target["pairs_to_match"], expected_pairs=count)
             logger.info("%s: K=%d gives %d pairs (target %d, from %s)", method.name, k, count,
                         target["pairs_to_match"], method.match)
-        ropts = retrieval_options(args, method.weights)
+        verified = method.kind == "retrieval-verified"
+        ropts = retrieval_options(args, method.weights, verified)
         opts = replace(opts, pairs="retrieval", num_matched=k, retrieval_kwargs={"options": ropts})
         record["weights"] = resolved_weights(ropts.extraction.weights)
+        if verified:
+            record.update(verify_shortlist=args.verify_shortlist, verify_features=args.verify_features)
     logger.info("running %s", method.name)
+    if args.repeats > 1:
+        opts = replace(opts, mapper_seed=0)
     stats = reconstruct(image_dir, run_dir, opts)
+    if args.repeats > 1:
+        record["repeats"] = repeat_mapping(run_dir, image_dir, opts, stats, args.repeats)
+        registered = [r["registered"] for r in record["repeats"]]
+        record.update(registered_min=min(registered), registered_max=max(registered),
+                      registered_mean=round(sum(registered) / len(registered), 2))
     if not args.keep_databases:
         (run_dir / DATABASE_NAME).unlink(missing_ok=True)
     t = stats["time_s"]
     method_s = round(t["pairs"] + t["matching"] + t["mapping"], 3)
     return {**record, **{k: v for k, v in stats.items() if k != "method"}, "pair_method": stats["method"],
             "sift_shared_s": sift_s, "method_s": method_s, "total_with_sift_s": round(method_s + sift_s, 3)}
+
+
+def repeat_mapping(run_dir: Path, image_dir: Path, opts: ReconstructionOptions, first: dict, repeats: int) -> list[dict]:
+    """Map the method's matches again with seeds 1..repeats-1 (the first run used seed 0); one row per run."""
+    from mirror_sfm.colmap import model_stats, run_mapping
+
+    keys = ("registered", "registered_any_model", "num_models", "sparse_points")
+    rows = [{"seed": 0, **{k: first.get(k) for k in keys}}]
+    for seed in range(1, repeats):
+        t0 = time.perf_counter()
+        models = run_mapping(run_dir / DATABASE_NAME, image_dir, run_dir / f"repeat-{seed}",
+                             replace(opts, mapper_seed=seed))
+        rows.append({"seed": seed, **{k: model_stats(models).get(k) for k in keys},
+                     "mapping_s": round(time.perf_counter() - t0, 3)})
+        logger.info("repeat %d: %d registered", seed, rows[-1]["registered"])
+    return rows
 
 
 def run_order(methods: list[Method], by_name: dict[str, Method]) -> list[Method]:
@@ -364,12 +398,19 @@ def markdown(records: list[dict], title: str) -> str:
         t = r["time_s"]
         k = r.get("num_matched") or r.get("window")
         lines.append(
-            f"| {r['method']} | {_fmt(k)} | {r['images']} | {r['registered']} | {r['pairs_to_match']} "
+            f"| {r['method']} | {_fmt(k)} | {r['images']} | {_registered(r)} | {r['pairs_to_match']} "
             f"| {r['verified_pairs']} | {r['sparse_points']} | {r['observations']} | {_fmt(r['mean_track_length'], '.2f')} "
             f"| {_fmt(r['mean_reprojection_error'], '.3f')} | {t['pairs']:.1f} | {t['matching']:.1f} "
             f"| {t['mapping']:.1f} | {r['method_s']:.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _registered(r: dict) -> str:
+    """Registered images; with --repeats, also their range over the mapper seeds."""
+    if "repeats" not in r:
+        return str(r["registered"])
+    return f"{r['registered']} ({r['registered_min']}–{r['registered_max']} over {len(r['repeats'])} seeds)"
 
 
 def bar_chart(records: list[dict], path: Path, title: str) -> None:
@@ -431,6 +472,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-databases", action="store_true", help="keep each method's copy of database.db")
     p.add_argument("--num-matched", type=int, default=20, help="default K for retrieval and vocab tree")
     p.add_argument("--sequential-overlap", type=int, default=10, help="default W for sequential")
+    p.add_argument("--repeats", type=int, default=1, help="map each method's matches R times (seeds 0..R-1)")
     g = p.add_argument_group("vocabulary tree (never trained on the evaluated scene)")
     g.add_argument("--vocab-tree", type=Path, help="tree file from 'mirror_sfm vocabtree build'")
     g.add_argument("--vocab-images", type=Path, nargs="+", help="build the tree from these image folders")
@@ -442,7 +484,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--weights", default="default", help="weights of plain 'retrieval' methods")
     g.add_argument("--resize", type=int, default=384)
     g.add_argument("--rerank", choices=["prmac", "none"], default="prmac")
-    g.add_argument("--shortlist", type=int, default=100)
+    g.add_argument("--shortlist", type=int, default=100, help="PR-MAC re-ranking depth")
+    g.add_argument("--verify-shortlist", type=int, default=30, help="retrieval-verified: CNN candidates verified")
+    g.add_argument("--verify-features", type=int, default=1024, help="retrieval-verified: SIFT features per image")
     g.add_argument("--torch-device", default="auto", help="CNN device: auto | cpu | cuda")
     g = p.add_argument_group("COLMAP")
     g.add_argument("--max-image-size", type=int, default=1600)

@@ -56,6 +56,7 @@ class ReconstructionOptions:
     device: str = "auto"  # auto | cpu | cuda (GPU SIFT/matching when pycolmap has CUDA)
     num_threads: int = -1
     mapper: str = "incremental"  # incremental | global
+    mapper_seed: int = -1  # the mapper's random seed (-1: COLMAP's default, not reproducible)
     retrieval_kwargs: dict = field(default_factory=dict)  # extra arguments to pairs.generate_pairs
     database_template: Path | None = None  # start from a copy of this database (shared SIFT features)
     image_names: list[str] | None = None  # reconstruct only these images of the folder (default: all)
@@ -130,29 +131,31 @@ def _features_key(options: ReconstructionOptions) -> dict:
 def check_readable(image_dir: Path, names: list[str]) -> tuple[list[str], list[str]]:
     """Split `names` into (readable, skipped): zero-byte or undecodable files are skipped.
 
-    A cheap header check (PIL verify) keeps COLMAP from choking on broken files; each skipped
-    file is logged once as a warning.
+    The check is `mirror_sfm.images.unreadable_reason`, the one every step shares (a full decode at
+    reduced size: a truncated JPEG is skipped here, not left to fail in COLMAP or extraction). Files are
+    checked on a few threads (Pillow decodes without the GIL); each skipped file is logged once as a warning.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [Path(image_dir) / name for name in names]
     readable, skipped = [], []
-    for name in tqdm(names, desc="checking images", unit="img", leave=False, disable=len(names) < 100):
-        reason = _unreadable_reason(Path(image_dir) / name)
-        if reason is None:
-            readable.append(name)
-        else:
-            logger.warning("skipping unreadable image %s: %s", Path(image_dir) / name, reason)
-            skipped.append(name)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        reasons = pool.map(_unreadable_reason, paths)
+        for name, path, reason in zip(names, paths, tqdm(reasons, total=len(names), desc="checking images",
+                                                         unit="img", leave=False, disable=len(names) < 100)):
+            if reason is None:
+                readable.append(name)
+            else:
+                logger.warning("skipping unreadable image %s: %s", path, reason)
+                skipped.append(name)
     return readable, skipped
 
 
 def _unreadable_reason(path: Path) -> str | None:
-    try:
-        if path.stat().st_size == 0:
-            return "zero bytes"
-        with Image.open(path) as img:
-            img.verify()
-    except Exception as exc:  # PIL raises many types for corrupt files
-        return f"{exc.__class__.__name__}: {exc}"
-    return None
+    """Why `path` is no usable image (None: it is); see `mirror_sfm.images.unreadable_reason`."""
+    from .images import unreadable_reason
+
+    return unreadable_reason(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,10 +384,12 @@ def run_mapping(database: Path, image_dir: Path, out_dir: Path, options: Reconst
         if options.mapper == "global":
             opts = pycolmap.GlobalPipelineOptions()
             opts.num_threads = options.num_threads
+            opts.random_seed = options.mapper_seed
             models = pycolmap.global_mapping(str(database), str(image_dir), str(tmp), options=opts)
         else:
             opts = pycolmap.IncrementalPipelineOptions()
             opts.num_threads = options.num_threads
+            opts.random_seed = options.mapper_seed
             models = pycolmap.incremental_mapping(str(database), str(image_dir), str(tmp), options=opts)
         final = out_dir / "sparse"
         if final.exists():

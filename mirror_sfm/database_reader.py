@@ -100,7 +100,8 @@ class FeatureDatabase:
 
     def _query(self, sql: str, args: tuple):
         try:
-            return self._con.execute(sql, args).fetchone()
+            rows = self._con.execute(sql, args).fetchall()  # fetchall: the statement ends, no read lock is kept
+            return rows[0] if rows else None
         except sqlite3.DatabaseError as exc:
             raise MirrorError(f"cannot read COLMAP database {self.path}: {exc}") from None
 

@@ -4,8 +4,8 @@ COLMAP (``SiftMatchingOptions``: ``max_ratio`` 0.8, ``max_distance`` 0.7, ``cros
 descriptors (L2 norm 512) by the angle between them, ``d = acos(<a, b> / 512²)``; a feature's best neighbour is kept
 when ``d1 <= max_distance`` and ``d1 < max_ratio · d2`` (``d2``: the second best), in both directions, and only
 mutual pairs survive. This module computes the same matches (the test suite checks them against pycolmap's
-matcher) with one matrix product per image pair, batched over a query's candidates: on 2 CPU cores about 13× the
-speed of pycolmap's CPU matcher at 1,024 features (benchmarks/RESULTS.md).
+``FeatureMatcher``) with one matrix product per image pair, from features held in memory: no database to write,
+so a user's database can be read without being touched.
 """
 from __future__ import annotations
 

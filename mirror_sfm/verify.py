@@ -20,7 +20,7 @@ from collections import OrderedDict, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import pycolmap
@@ -69,7 +69,7 @@ def two_view_options(options: VerifyOptions) -> pycolmap.TwoViewGeometryOptions:
     return opts
 
 
-class _FeatureCache:
+class FeatureCache:
     """LRU of (features, descriptor tensor) per image name, read from the database on demand."""
 
     def __init__(self, db: FeatureDatabase, num_features: int, capacity: int):
@@ -142,39 +142,18 @@ def verify_pairs(database: str | Path, pairs: Iterable[Pair], options: VerifyOpt
         todo = [k for k in todo_keys if k not in scores]
         if scores:
             logger.info("verification: %d pairs from %s, %d to verify", len(todo_keys) - len(todo), cache, len(todo))
-        by_query: dict[str, list[str]] = defaultdict(list)
-        for a, b in todo:
-            by_query[a].append(b)
-        features = _FeatureCache(db, options.num_features, options.feature_cache)
-        two_view = two_view_options(options)
+        features = FeatureCache(db, options.num_features, options.feature_cache)
         sink = _open_cache(cache, header, fresh=not scores)
         try:
-            with ThreadPoolExecutor(options.num_threads) as pool, \
-                    tqdm(total=len(todo), desc="verifying pairs", unit="pair", leave=False,
-                         disable=not todo) as bar:
-                in_flight: deque = deque()  # matching of the next query overlaps RANSAC of the previous ones
-
-                def collect(limit: int) -> None:
-                    while len(in_flight) > limit:
-                        query, others, futures = in_flight.popleft()
-                        for other, future in zip(others, futures):
-                            score = future.result()
-                            scores[(query, other)] = score
-                            if sink is not None:
-                                sink.write(f"{query} {other} {score}\n")
-                        if sink is not None:
-                            sink.flush()
-                        bar.update(len(others))
-
-                for query, others in by_query.items():
-                    q_feats, q_desc = features[query]
-                    cands = [features[o][0] for o in others]
-                    matches = match_one_to_many(q_desc, [features[o][1] for o in others])
-                    futures = [pool.submit(_inliers, q_feats, c, m, two_view, options.min_num_inliers)
-                               for c, m in zip(cands, matches)]
-                    in_flight.append((query, others, futures))
-                    collect(2)
-                collect(0)
+            for query, others, results in match_and_estimate(features, todo, two_view_options(options),
+                                                             options.num_threads, "verifying pairs"):
+                for other, (_, geometry) in zip(others, results):
+                    score = geometric_score(geometry, options.min_num_inliers)
+                    scores[(query, other)] = score
+                    if sink is not None:
+                        sink.write(f"{query} {other} {score}\n")
+                if sink is not None:
+                    sink.flush()
         finally:
             if sink is not None:
                 sink.close()
@@ -198,12 +177,48 @@ def _open_cache(cache: Path | None, header: str, fresh: bool):
     return sink
 
 
-def _inliers(a: ImageFeatures, b: ImageFeatures, matches: np.ndarray, options: pycolmap.TwoViewGeometryOptions,
-             min_num_inliers: int) -> int:
+def match_and_estimate(features: FeatureCache, pairs: list[Pair], two_view: pycolmap.TwoViewGeometryOptions,
+                       num_threads: int, desc: str) -> Iterator[tuple[str, list[str], list[tuple]]]:
+    """Match and estimate the two-view geometry of every pair, grouped by first image.
+
+    Yields (query, others, [(matches, geometry or None)] per other); geometry is None where there are fewer
+    matches than `two_view.min_num_inliers` (COLMAP would not even try). Matching the next query (torch) overlaps
+    the RANSAC of the previous ones (a thread pool: pycolmap releases the GIL).
+    """
+    by_query: dict[str, list[str]] = defaultdict(list)
+    for a, b in pairs:
+        by_query[a].append(b)
+    min_matches = two_view.min_num_inliers
+
+    def estimate(a: ImageFeatures, b: ImageFeatures, matches: np.ndarray):
+        if len(matches) < min_matches:
+            return matches, None
+        return matches, pycolmap.estimate_two_view_geometry(a.camera, a.keypoints, b.camera, b.keypoints,
+                                                            matches, two_view)
+
+    in_flight: deque = deque()
+    with ThreadPoolExecutor(num_threads) as pool, \
+            tqdm(total=len(pairs), desc=desc, unit="pair", leave=False, disable=not pairs) as bar:
+        for query, others in by_query.items():
+            q_feats, q_desc = features[query]
+            cands = [features[o] for o in others]
+            matches = match_one_to_many(q_desc, [c[1] for c in cands])
+            in_flight.append((query, others, [pool.submit(estimate, q_feats, c[0], m)
+                                              for c, m in zip(cands, matches)]))
+            while len(in_flight) > 2:
+                q, o, futures = in_flight.popleft()
+                yield q, o, [f.result() for f in futures]
+                bar.update(len(o))
+        while in_flight:
+            q, o, futures = in_flight.popleft()
+            yield q, o, [f.result() for f in futures]
+            bar.update(len(o))
+
+
+def geometric_score(geometry, min_num_inliers: int) -> int:
     """Inlier matches of COLMAP's two-view geometry; 0 when COLMAP would drop the pair."""
-    if len(matches) < min_num_inliers:
+    if geometry is None:
         return 0
-    geometry = pycolmap.estimate_two_view_geometry(a.camera, a.keypoints, b.camera, b.keypoints, matches, options)
     inliers = len(geometry.inlier_matches)
     if int(geometry.config) in FAILED_CONFIGS or inliers < min_num_inliers:
         return 0

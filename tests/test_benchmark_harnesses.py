@@ -36,11 +36,12 @@ def test_parse_methods():
     assert p("exhaustive") == sfm.Method("exhaustive", "exhaustive")
     assert p("retrieval@5") == sfm.Method("retrieval@5", "retrieval", 5)
     assert p("retrieval-imagenet@20") == sfm.Method("retrieval-imagenet@20", "retrieval", 20, "imagenet")
+    assert p("retrieval-verified@5") == sfm.Method("retrieval-verified@5", "retrieval-verified", 5)
     assert p("vocabtree").k == 20 and p("vocabtree-sv@30").k == 30 and p("sequential").k == 10
     m = p("retrieval@match-vocabtree-sv")
     assert m.kind == "retrieval" and m.match == "vocabtree-sv" and m.k is None
     for bad in ("nearest", "retrieval@x", "exhaustive@3", "sequential@match-vocabtree", "retrieval@match-exhaustive",
-                "retrieval@0"):
+                "retrieval@0", "retrieval-verified@match-vocabtree"):
         with pytest.raises(MirrorError):
             p(bad)
 
@@ -106,6 +107,20 @@ def test_sfm_comparison_end_to_end(tmp_path, caplog):
     assert sfm.main(argv) == 0
     assert (out / "methods" / "exhaustive" / "stats.json").stat().st_mtime_ns == stamp
     assert json.loads((out / "results.json").read_text()) == records
+
+
+def test_sfm_comparison_verified_retrieval_with_repeats(tmp_path):
+    out = tmp_path / "out"
+    argv = [str(FIXTURE), "--out", str(out), "--methods", "retrieval-verified@3", "--repeats", "2",
+            "--verify-shortlist", "6", "--max-num-features", "1024", "--max-image-size", "800", "--weights", "imagenet"]
+    assert sfm.main(argv) == 0
+    (rec,) = json.loads((out / "results.json").read_text())
+    assert rec["verify_shortlist"] == 6 and rec["num_matched"] == 3 and 0 < rec["pairs_to_match"] <= 36
+    assert [r["seed"] for r in rec["repeats"]] == [0, 1]
+    assert rec["registered_min"] <= rec["registered"] <= rec["registered_max"] and rec["registered_max"] >= 10
+    assert "over 2 seeds" in (out / "results.md").read_text()
+    scores = (out / "methods" / "retrieval-verified@3" / "pairs-retrieval.txt").read_text().splitlines()
+    assert len(scores) == 36
 
 
 def test_summarize_sfm_comparison(tmp_path, capsys):
@@ -269,3 +284,21 @@ def test_overlap_map_runs_vocabtree_with_a_tree_per_scene(tmp_path, capsys, mirr
         assert sorted(ranked) == sorted(names) and all(0 < len(v) <= 3 and q not in v for q, v in ranked.items())
     assert sorted(omap_images(tmp_path / "work" / "sift-pooled" / "database.db")) == sorted(
         f"s{i}/{n}" for i in (1, 2) for n in NAMES)
+
+
+def test_overlap_map_verified_retrieval(tmp_path):
+    """--verify sift: the CNN top N re-ranked by SIFT inliers, per scene and pooled (merged SIFT database)."""
+    s1, s2 = write_gt(tmp_path / "s1"), write_gt(tmp_path / "s2")
+    common = ["--gt", str(s1), str(s2), "--method", "retrieval", "--weights", "imagenet", "--verify", "sift",
+              "--verify-shortlist", "2", "--images", str(FIXTURE), str(FIXTURE), "--k", "3", "--grid-queries", "0",
+              "--max-num-features", "512", "--max-image-size", "320", "--work", str(tmp_path / "work")]
+    for extra in ([], ["--pooled"]):
+        out = tmp_path / ("pooled" if extra else "per-scene")
+        assert omap.main(common + extra + ["--out", str(out)]) == 0
+        res = json.loads((out / "overlap_map.json").read_text())
+        assert "top 2 verified by SIFT" in res["name"]
+        assert res["time_s"]["verification"] > 0 and res["overall"]["num_queries"] == 8
+        key = "pooled" if extra else "s1"
+        names = [f"s{i}/{n}" for i in (1, 2) for n in NAMES] if extra else NAMES
+        ranked = omap.rankings_from_pairs(out / f"pairs-{key}.txt", names)
+        assert sorted(ranked) == sorted(names) and all(len(v) == 3 and q not in v for q, v in ranked.items())

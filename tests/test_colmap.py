@@ -102,13 +102,16 @@ def test_unreadable_images_are_skipped(sift_db, tmp_path, mirror_log):
     shutil.copytree(FIXTURE, images)
     (images / "zero.jpg").write_bytes(b"")
     (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg" * 10)
+    whole = (images / "IMG_9669.jpg").read_bytes()
+    (images / "truncated.jpg").write_bytes(whole[: len(whole) // 2])  # header intact: only a full decode sees it
     out = tmp_path / "out"
     stats = reconstruct(images, out, ReconstructionOptions(pairs="exhaustive", database_template=sift_db))
-    assert stats["images"] == NUM_IMAGES + 2
-    assert stats["images_skipped"] == ["corrupt.jpg", "zero.jpg"]
-    assert json.loads((out / "stats.json").read_text())["images_skipped"] == ["corrupt.jpg", "zero.jpg"]
+    skipped = ["corrupt.jpg", "truncated.jpg", "zero.jpg"]
+    assert stats["images"] == NUM_IMAGES + 3
+    assert stats["images_skipped"] == skipped
+    assert json.loads((out / "stats.json").read_text())["images_skipped"] == skipped
     assert_registered(stats)
-    for name in ("zero.jpg", "corrupt.jpg"):
+    for name in skipped:
         warnings = [r for r in mirror_log.records if r.levelno == logging.WARNING and name in r.getMessage()]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
 

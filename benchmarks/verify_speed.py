@@ -1,0 +1,225 @@
+"""Speed and memory of verified pairs (RESULTS.md §10), every figure from one run on one machine.
+
+    python benchmarks/verify_speed.py ../shared/data/scenes/mary_rose/images --out outputs/verify_speed/mary_rose \
+        --tree outputs/trees/tree-without-mary_rose.bin
+
+Each stage runs in its own process (so its peak RSS is its own) and reports wall seconds:
+1. `sift`: COLMAP SIFT extraction of the images at `reconstruct`'s defaults (8,192 features, 1,600 px), the
+   database every later stage reads;
+2. `pairs`: the whole `mirror_sfm pairs IMAGES --database DB` (CNN description from scratch + verification of
+   the default shortlist with the default 1,024 features) — the target is ≤ 0.5× `sift`;
+3. `grid`: verification alone (CNN descriptors cached) for each shortlist N and feature count F;
+4. `colmap-engine`: the same default shortlist verified by pycolmap's own pipeline (`match_image_pairs` on a copy
+   of the database truncated to F features): the engine this project did not pick, for comparison;
+5. `vocabtree-sv`: COLMAP's vocab tree retrieval + spatial verification of its top 100
+   (`num_images_after_verification`, `max_num_features` = F) on the same database — the target is `pairs` ≤ 0.2×.
+Writes OUT/verify_speed.json and OUT/verify_speed.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def stage_sift(a: dict) -> dict:
+    from mirror_sfm.colmap import ReconstructionOptions, extract_sift
+    from mirror_sfm.images import list_images
+
+    names = list_images(a["images"])
+    t0 = time.perf_counter()
+    extract_sift(Path(a["database"]), Path(a["images"]), names, ReconstructionOptions())
+    return {"seconds": time.perf_counter() - t0, "images": len(names)}
+
+
+def stage_pairs(a: dict) -> dict:
+    from mirror_sfm.pairs import PairsOptions, generate_pairs
+    from mirror_sfm.verify import VerifyOptions
+
+    out = Path(a["work"]) / "pairs" / "pairs.txt"
+    shutil.rmtree(out.parent, ignore_errors=True)
+    options = PairsOptions(verify=VerifyOptions(shortlist=a["shortlist"], num_features=a["features"]))
+    t0 = time.perf_counter()
+    pairs = generate_pairs(a["images"], out, num_matched=a["k"], options=options, database=a["database"])
+    return {"seconds": time.perf_counter() - t0, "pairs": len(pairs)}
+
+
+def _candidates(a: dict, depth: int):
+    from dataclasses import replace
+
+    from mirror_sfm.extract import extract
+    from mirror_sfm.features_io import read_descriptors
+    from mirror_sfm.pairs import PairsOptions, retrieval_pairs
+
+    options = PairsOptions()
+    feats = Path(a["work"]) / "global-feats.h5"
+    extract(a["images"], feats, options.extraction)
+    names, glob, regional = read_descriptors(feats, regional=True)
+    retrieval = replace(options.retrieval, num_matched=depth, shortlist=max(100, depth))
+    return names, retrieval_pairs(names, glob, regional, replace(options, retrieval=retrieval))[0]
+
+
+def stage_grid(a: dict) -> dict:
+    from mirror_sfm.verify import VerifyOptions, verify_pairs
+
+    names, candidates = _candidates(a, a["shortlist"])
+    t0 = time.perf_counter()
+    scores = verify_pairs(a["database"], candidates, VerifyOptions(shortlist=a["shortlist"], num_features=a["features"]))
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "per_image_s": seconds / len(names), "unique_pairs": len(scores),
+            "per_pair_ms": 1000 * seconds / max(1, len(scores))}
+
+
+def stage_colmap_engine(a: dict) -> dict:
+    import pycolmap
+
+    from mirror_sfm.verify import VerifyOptions, verify_pairs
+
+    names, candidates = _candidates(a, a["shortlist"])
+    work = Path(a["work"]) / "colmap-engine"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    db = work / "truncated.db"
+    shutil.copyfile(a["database"], db)
+    f = a["features"]
+    t0 = time.perf_counter()
+    with sqlite3.connect(db) as con:  # COLMAP keeps the largest scales first: keep the first F rows
+        con.execute("UPDATE keypoints SET data = substr(data, 1, min(rows, ?) * cols * 4), rows = min(rows, ?)", (f, f))
+        con.execute("UPDATE descriptors SET data = substr(data, 1, min(rows, ?) * cols), rows = min(rows, ?)", (f, f))
+    keys = sorted({(x, y) if x < y else (y, x) for x, y in candidates if x != y})
+    pair_file = work / "pairs.txt"
+    pair_file.write_text("".join(f"{x} {y}\n" for x, y in keys))
+    t_copy = time.perf_counter() - t0
+    pairing = pycolmap.ImportedPairingOptions()
+    pairing.match_list_path = str(pair_file)
+    t0 = time.perf_counter()
+    pycolmap.match_image_pairs(str(db), pairing_options=pairing, device=pycolmap.Device.cpu)
+    seconds = time.perf_counter() - t0
+    with pycolmap.Database.open(str(db)) as d:
+        ids = {img.name: img.image_id for img in d.read_all_images()}
+        pair_ids, inliers = d.read_two_view_geometry_num_inliers()
+    colmap = {}
+    for (i1, i2), n in zip(pair_ids, inliers):
+        colmap[(i1, i2)] = int(n)
+    ours = verify_pairs(a["database"], candidates, VerifyOptions(num_features=f))
+    agree = diff = 0
+    for (x, y), s in ours.items():
+        c = colmap.get((ids[x], ids[y]), colmap.get((ids[y], ids[x]), 0))
+        c = c if c >= 15 else 0
+        agree += (s > 0) == (c > 0)
+        diff += abs(s - c)
+    return {"seconds": seconds, "truncate_s": t_copy, "per_image_s": seconds / len(names), "unique_pairs": len(keys),
+            "pass_fail_agreement": agree / max(1, len(ours)), "mean_abs_inlier_diff": diff / max(1, len(ours))}
+
+
+def stage_vocabtree_sv(a: dict) -> dict:
+    import pycolmap
+
+    pairing = pycolmap.VocabTreePairingOptions()
+    pairing.vocab_tree_path = str(a["tree"])
+    pairing.num_images = 100
+    pairing.num_images_after_verification = a["k"] + 1
+    pairing.max_num_features = a["features"]
+    t0 = time.perf_counter()
+    with pycolmap.Database.open(str(a["database"])) as db:
+        n = len(db.read_all_images())
+        pairs = pycolmap.VocabTreePairGenerator(pairing, db).all_pairs()
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "per_image_s": seconds / n, "pairs": len(pairs)}
+
+
+STAGES = {"sift": stage_sift, "pairs": stage_pairs, "grid": stage_grid, "colmap-engine": stage_colmap_engine,
+          "vocabtree-sv": stage_vocabtree_sv}
+
+
+def run_stage(name: str, **kwargs) -> dict:
+    """Run one stage in a fresh process; its result plus the process's peak RSS."""
+    proc = subprocess.run([sys.executable, __file__, "--stage", name, json.dumps(kwargs, default=str)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"stage {name} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"{name} {kwargs.get('shortlist', '')} {kwargs.get('features', '')}: {result}", file=sys.stderr)
+    return result
+
+
+def markdown(r: dict) -> str:
+    s, p, v = r["sift"]["seconds"], r["pairs"]["seconds"], r["vocabtree_sv"]["seconds"]
+    lines = [f"Scene: {r['images']} ({r['num_images']} images). Machine: {r['machine']}.", "",
+             "| stage | seconds | per image (s) | peak RSS (MB) | ratio |", "|---|---:|---:|---:|---:|",
+             f"| COLMAP SIFT (8,192 features, 1,600 px) | {s:.1f} | {s / r['num_images']:.3f} | "
+             f"{r['sift']['peak_rss_mb']:.0f} | 1 |",
+             f"| `pairs --database` (CNN + verify N={r['shortlist']}, F={r['features']}) | {p:.1f} | "
+             f"{p / r['num_images']:.3f} | {r['pairs']['peak_rss_mb']:.0f} | **{p / s:.2f}× SIFT** |",
+             f"| vocab tree + spatial verification (top 100, F={r['features']}) | {v:.1f} | "
+             f"{v / r['num_images']:.3f} | {r['vocabtree_sv']['peak_rss_mb']:.0f} | pairs = **{p / v:.2f}×** |",
+             f"| pycolmap `match_image_pairs` on the same shortlist (F={r['features']}) | "
+             f"{r['colmap_engine']['seconds']:.1f} | {r['colmap_engine']['per_image_s']:.3f} | "
+             f"{r['colmap_engine']['peak_rss_mb']:.0f} | pass/fail agreement "
+             f"{r['colmap_engine']['pass_fail_agreement']:.3f} |",
+             "", "Verification alone (CNN descriptors cached), seconds per image / ms per unique pair / peak RSS MB:", "",
+             "| N \\ F | " + " | ".join(str(f) for f in r["grid_features"]) + " |",
+             "|---|" + "---:|" * len(r["grid_features"])]
+    for n in r["grid_shortlists"]:
+        cells = [r["grid"][f"{n}x{f}"] for f in r["grid_features"]]
+        lines.append(f"| {n} | " + " | ".join(f"{c['per_image_s']:.3f} / {c['per_pair_ms']:.1f} / "
+                                                f"{c['peak_rss_mb']:.0f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--stage":
+        result = STAGES[argv[1]](json.loads(argv[2]))
+        result["peak_rss_mb"] = _peak_rss_mb()
+        print(json.dumps(result))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("images", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tree", type=Path, required=True, help="vocab tree made without this scene")
+    p.add_argument("-k", type=int, default=20)
+    p.add_argument("--shortlist", type=int, default=30)
+    p.add_argument("--features", type=int, default=1024)
+    p.add_argument("--grid-shortlists", type=int, nargs="+", default=[20, 30, 50])
+    p.add_argument("--grid-features", type=int, nargs="+", default=[512, 1024, 2048])
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    database = args.out / "database.db"
+    if database.exists():
+        database.unlink()
+    common = {"images": str(args.images), "database": str(database), "work": str(args.out), "k": args.k}
+    r = {"images": str(args.images), "shortlist": args.shortlist, "features": args.features,
+         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only",
+         "grid_shortlists": args.grid_shortlists, "grid_features": args.grid_features}
+    r["sift"] = run_stage("sift", **common)
+    r["num_images"] = r["sift"]["images"]
+    r["pairs"] = run_stage("pairs", **common, shortlist=args.shortlist, features=args.features)
+    r["vocabtree_sv"] = run_stage("vocabtree-sv", **common, tree=str(args.tree), features=args.features)
+    r["colmap_engine"] = run_stage("colmap-engine", **common, shortlist=args.shortlist, features=args.features)
+    r["grid"] = {f"{n}x{f}": run_stage("grid", **common, shortlist=n, features=f)
+                 for n in args.grid_shortlists for f in args.grid_features}
+    (args.out / "verify_speed.json").write_text(json.dumps(r, indent=1) + "\n")
+    (args.out / "verify_speed.md").write_text(markdown(r))
+    print(markdown(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
