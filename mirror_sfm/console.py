@@ -5,13 +5,19 @@ import logging
 import sys
 from typing import Callable
 
+from tqdm import tqdm
+
 from .errors import MirrorError
 
 LOG_FORMAT = "[%(asctime)s %(name)s %(levelname)s] %(message)s"
 
 
 class StderrHandler(logging.StreamHandler):
-    """Writes to the current sys.stderr (not the one at import), so redirection and capture work."""
+    """Writes to the current sys.stderr (not the one at import), so redirection and capture work.
+
+    Records go through `tqdm.write`, which clears the progress bars first and draws them again after,
+    so a warning printed while a bar runs gets its own line instead of continuing the bar's.
+    """
 
     @property
     def stream(self):
@@ -20,6 +26,14 @@ class StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, _value):
         pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 def add_stderr_handler(logger: logging.Logger) -> None:
@@ -30,14 +44,19 @@ def add_stderr_handler(logger: logging.Logger) -> None:
         logger.addHandler(handler)
 
 
+def _print_line(text: str) -> None:
+    """Print `text` on its own stderr line even when a progress bar was left unfinished on the current one."""
+    tqdm.write(text, file=sys.stderr)
+
+
 def run_command(prog: str, func: Callable[[], None], interrupted: str) -> int:
     """Run a command: MirrorError -> one `prog: error: ...` line and exit 2; Ctrl-C -> `interrupted`, 130."""
     try:
         func()
     except MirrorError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        _print_line(f"{prog}: error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted ({interrupted})", file=sys.stderr)
+        _print_line(f"{prog}: interrupted ({interrupted})")
         return 130
     return 0
