@@ -10,15 +10,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import features_io
 from .errors import MirrorError
-from .images import check_names, list_images, read_image_rgb
+from .images import check_names, decode_image, list_images, resized_size  # noqa: F401 (resized_size: API)
+from .io_utils import check_writable, output_lock
 from .model import RetrievalModel, load_model
 from .pooling import RMAC_STEPS, gem, l2n, mac, regional_mac, rmac_from_regions
 
@@ -55,14 +54,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resized_size(width: int, height: int, long_side: int) -> tuple[int, int]:
-    """(W, H) scaled so the long side is `long_side` (0 keeps the size)."""
-    if long_side <= 0:
-        return width, height
-    scale = long_side / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 class ImageFolder(Dataset):
     """Decoded, resized images as (3, H, W) float tensors in [0, 1]; unreadable ones yield the error."""
 
@@ -75,16 +66,11 @@ class ImageFolder(Dataset):
     def __getitem__(self, i: int):
         name = self.names[i]
         try:
-            rgb = read_image_rgb(self.root / name)
+            rgb, size = decode_image(self.root / name, self.resize)  # a large JPEG is decoded at reduced size
         except MirrorError as exc:
             return name, None, None, str(exc)
-        h, w = rgb.shape[:2]
-        size = resized_size(w, h, self.resize)
-        img = Image.fromarray(rgb)
-        if size != (w, h):
-            img = img.resize(size, Image.BILINEAR, reducing_gap=3.0)
-        tensor = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(255.0)
-        return name, tensor, (w, h), None
+        tensor = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
+        return name, tensor, size, None
 
 
 def describe_maps(fmap: torch.Tensor, pooling: str, regional: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -118,10 +104,13 @@ def extract(image_dir: str | Path, output: str | Path, options: ExtractionOption
 
     Images already stored with the same size and mtime are skipped; an interrupted run resumes from
     `output`.partial; the final file appears only when the run completes. Unreadable images are
-    reported once each and skipped.
+    reported once each and skipped. An output that cannot be written, or that another run is writing
+    now (see `io_utils.output_lock`: this run stops at once, it does not wait), is a MirrorError
+    before any work; so is a disk that fills up, which keeps the finished images for a re-run.
     """
     options = options or ExtractionOptions()
     image_dir, output = Path(image_dir), Path(output)
+    check_writable(output)
     if image_names is None:
         image_names = list_images(image_dir)
     else:
@@ -132,19 +121,32 @@ def extract(image_dir: str | Path, output: str | Path, options: ExtractionOption
     signature = extractor_signature(model, options)
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(output):
+        result = _extract_locked(image_dir, output, options, image_names, model, device, signature)
+    if result.num_extracted + result.num_cached == 0:
+        raise MirrorError(f"no readable image in {image_dir} ({len(result.skipped)} unreadable)")
+    logger.info("described %d images (%d cached, %d unreadable) -> %s", result.num_extracted,
+                result.num_cached, len(result.skipped), output)
+    return result
+
+
+def _extract_locked(image_dir: Path, output: Path, options: ExtractionOptions, image_names: list[str],
+                    model: RetrievalModel, device: torch.device, signature: dict) -> ExtractionResult:
+    """The extraction proper, run while this process holds `output`'s lock."""
     f = features_io.open_work_file(output, signature)
     result = ExtractionResult(output, len(image_names), 0, 0)
+    failed = True
     try:
         todo: dict[str, tuple[int, int]] = {}  # name -> file signature, stored with its descriptors
         for name in image_names:
             path = image_dir / name
             if not path.is_file():
                 raise MirrorError(f"image not found: {path}")
-            signature = features_io.file_signature(path)
-            if features_io.is_fresh(f, name, signature):
+            file_sig = features_io.file_signature(path)
+            if features_io.is_fresh(f, name, file_sig):
                 result.num_cached += 1
             else:
-                todo[name] = signature
+                todo[name] = file_sig
         if result.num_cached:
             logger.info("%d of %d images already described in %s", result.num_cached, len(image_names), output)
         loader = DataLoader(ImageFolder(image_dir, list(todo), options.resize), batch_size=None, shuffle=False,
@@ -157,9 +159,9 @@ def extract(image_dir: str | Path, output: str | Path, options: ExtractionOption
             images = torch.stack([t for _, t, _ in batch]).to(device)
             glob, reg = describe_maps(model(images), options.pooling, options.regional)
             glob, reg = glob.cpu().numpy(), (reg.cpu().numpy() if reg is not None else None)
-            for k, (name, _, size) in enumerate(batch):
-                features_io.write_image(f, name, glob[k], None if reg is None else reg[k], size, todo[name])
-            f.flush()
+            features_io.write_batch(f, output, [
+                (name, glob[k], None if reg is None else reg[k], size, todo[name])
+                for k, (name, _, size) in enumerate(batch)])
             result.num_extracted += len(batch)
             batch.clear()
 
@@ -173,11 +175,8 @@ def extract(image_dir: str | Path, output: str | Path, options: ExtractionOption
                 flush()
             batch.append((name, tensor, size))
         flush()
+        failed = False
     finally:
-        f.close()
+        features_io.close_work_file(f, output, failed)
     features_io.finish_work_file(output)
-    if result.num_extracted + result.num_cached == 0:
-        raise MirrorError(f"no readable image in {image_dir} ({len(result.skipped)} unreadable)")
-    logger.info("described %d images (%d cached, %d unreadable) -> %s", result.num_extracted,
-                result.num_cached, len(result.skipped), output)
     return result

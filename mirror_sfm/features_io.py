@@ -3,14 +3,19 @@
 Each group also holds `regional_descriptors` (R x C, for PR-MAC re-ranking), `image_size` (W, H) and, as
 attributes, the source file's size and mtime so a re-run can skip unchanged images. The file's root
 attribute `extractor` records the extraction settings; a file made with other settings is not reused.
+A run writes `FILE.partial` and renames it to FILE when complete; write failures are one MirrorError line.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
@@ -40,38 +45,147 @@ def file_signature(path: Path) -> tuple[int, int]:
 def open_work_file(path: Path, extractor: dict) -> h5py.File:
     """Open `path`.partial for appending: resume a partial run, else start from a copy of `path`.
 
-    A partial or final file made with other extractor settings is set aside (not reused).
+    A partial or final file made with other extractor settings is set aside (not reused); so is one that
+    cannot be read (corrupt), with a warning that names it. A work file left shorter than HDF5 recorded
+    by a disk that filled up is first extended back (see `_repair_truncated`) so its finished images count.
     """
     partial = partial_path(path)
     for candidate in (partial, path):
         if not candidate.exists():
             continue
         try:
-            with h5py.File(candidate, "r") as f:
-                same = json.loads(f.attrs.get("extractor", "{}")) == extractor
-        except Exception:
-            logger.warning("ignoring unreadable descriptor file %s", candidate)
-            same = False
+            same = _read_extractor(candidate, repair=candidate == partial) == extractor
+        except Exception as exc:  # h5py raises OSError, KeyError, ... for corrupt files
+            if candidate == partial:
+                logger.warning("unfinished descriptor file %s is corrupt or unreadable (%s); starting it again",
+                               candidate, _short(exc))
+                _remove(candidate, path)
+            else:
+                logger.warning("descriptor cache %s is corrupt or unreadable (%s); it is rebuilt", candidate,
+                               _short(exc))
+            continue
         if same:
             if candidate == path:
-                shutil.copyfile(path, partial)
+                with write_errors(path):
+                    shutil.copyfile(path, partial)
             break
         if candidate == partial:
-            partial.unlink()
+            _remove(partial, path)
         else:
             logger.info("%s was made with other settings; its descriptors are recomputed", path)
-    f = h5py.File(partial, "a")
-    f.attrs["extractor"] = json.dumps(extractor, sort_keys=True)
+    with write_errors(path):
+        f = h5py.File(partial, "a")
+        f.attrs["extractor"] = json.dumps(extractor, sort_keys=True)
     return f
+
+
+def _read_extractor(path: Path, repair: bool) -> dict:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        if not (repair and _repair_truncated(path, exc)):
+            raise
+        f = h5py.File(path, "r")
+    with f:
+        return json.loads(f.attrs.get("extractor", "{}"))
+
+
+def _repair_truncated(path: Path, exc: OSError) -> bool:
+    """Extend a work file cut short by a failed write (disk full) to the length HDF5 recorded; True if done.
+
+    What was flushed before the failure is intact below that length; the bytes added are zeros (sparse,
+    so this needs no free space), and the images whose write failed have no file signature, so they are
+    described again (`write_batch` writes descriptors, flushes, and only then marks images done).
+    """
+    m = re.search(r"truncated file: eof = (\d+), sblock->base_addr = \d+, stored_eof = (\d+)", str(exc))
+    if not m:
+        return False
+    eof, stored_eof = int(m.group(1)), int(m.group(2))
+    if stored_eof <= eof or path.stat().st_size != eof:
+        return False
+    try:
+        os.truncate(path, stored_eof)
+    except OSError:
+        return False
+    logger.info("%s was cut short by a failed write; resuming from what it holds", path)
+    return True
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
+def _remove(partial: Path, path: Path) -> None:
+    with write_errors(path):
+        partial.unlink()
 
 
 def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+@contextlib.contextmanager
+def write_errors(path: Path) -> Iterator[None]:
+    """Turn a failed write of `path`'s work file (disk full, quota, file size limit, I/O error) into one MirrorError.
+
+    h5py reports them as OSError (errno set, or only named in the text) and, when closing, RuntimeError.
+    """
+    try:
+        yield
+    except MirrorError:
+        raise
+    except (OSError, RuntimeError) as exc:
+        raise write_error(path, exc) from None
+
+
+def write_error(path: Path, exc: BaseException) -> MirrorError:
+    partial = partial_path(path)
+    text = str(exc)
+    code = getattr(exc, "errno", None)
+    if code is None:
+        m = re.search(r"errno = (\d+)", text)
+        code = int(m.group(1)) if m else None
+    kept = f"finished images are kept in {partial}" if partial.exists() else "nothing was kept"
+    if code in DISK_FULL_ERRNOS:
+        return MirrorError(f"disk full while writing {path} ({os.strerror(code)}): free space and re-run; {kept}")
+    return MirrorError(f"cannot write {path} ({_short(exc)}): check the disk and re-run; {kept}")
+
+
+def write_batch(f: h5py.File, path: Path,
+                items: list[tuple[str, np.ndarray, np.ndarray | None, tuple[int, int], tuple[int, int]]]) -> None:
+    """Store (name, global, regional, image size, file signature) records, crash-safely for a resume.
+
+    The descriptors are written and flushed first; only then are the images marked done (their file
+    signature attributes), so an image whose write failed halfway is never taken for finished.
+    Write failures become MirrorError (`write_errors`).
+    """
+    with write_errors(path):
+        for name, glob, reg, size, _ in items:
+            write_image(f, name, glob, reg, size, None)
+        f.flush()
+        for name, _, _, _, signature in items:
+            mark_done(f, name, signature)
+        f.flush()
+
+
+def close_work_file(f: h5py.File, path: Path, failed: bool) -> None:
+    """Close the work file; after a failure (`failed`) a second error while closing is not raised over the first."""
+    try:
+        with write_errors(path):
+            f.close()
+    except MirrorError:
+        if not failed:
+            raise
+
+
 def finish_work_file(path: Path) -> None:
     """Move the completed work file over the final path (atomic rename)."""
-    os.replace(partial_path(path), path)
+    with write_errors(path):
+        os.replace(partial_path(path), path)
 
 
 def is_fresh(f: h5py.File, name: str, signature: tuple[int, int]) -> bool:
@@ -83,7 +197,8 @@ def is_fresh(f: h5py.File, name: str, signature: tuple[int, int]) -> bool:
 
 
 def write_image(f: h5py.File, name: str, global_desc: np.ndarray, regional: np.ndarray | None,
-                image_size: tuple[int, int], signature: tuple[int, int]) -> None:
+                image_size: tuple[int, int], signature: tuple[int, int] | None) -> None:
+    """Store one image's descriptors; `signature` (size, mtime) marks it done (None: leave that to `mark_done`)."""
     if name in f:
         del f[name]
     grp = f.create_group(name)
@@ -91,7 +206,13 @@ def write_image(f: h5py.File, name: str, global_desc: np.ndarray, regional: np.n
     if regional is not None:
         grp.create_dataset("regional_descriptors", data=regional.astype(np.float16))
     grp.create_dataset("image_size", data=np.asarray(image_size, dtype=np.int32))
-    grp.attrs["file_size"], grp.attrs["file_mtime_ns"] = signature
+    if signature is not None:
+        mark_done(f, name, signature)
+
+
+def mark_done(f: h5py.File, name: str, signature: tuple[int, int]) -> None:
+    """Record the source file's size and mtime: `is_fresh` then takes the stored descriptors as current."""
+    f[name].attrs["file_size"], f[name].attrs["file_mtime_ns"] = signature
 
 
 def read_descriptors(path: str | Path, names: list[str] | None = None, regional: bool = False

@@ -19,8 +19,9 @@ from mirror_sfm.cli import main
 from mirror_sfm.colmap import check_readable, list_usable_images
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.extract import extract
-from mirror_sfm.features_io import read_descriptors
+from mirror_sfm.features_io import list_h5_names, partial_path, read_descriptors
 from mirror_sfm.images import decode_image, list_images, read_image_rgb, resized_size, unreadable_reason
+from mirror_sfm.io_utils import check_writable, lock_path, output_lock
 
 REPO = Path(__file__).resolve().parents[1]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -44,6 +45,86 @@ def last_error_line(capsys_or_fd) -> str:
 def run_python(code: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
+
+
+# ----------------------------------------------------------------------------- 1. unwritable outputs
+
+def test_output_that_is_a_folder_stops_before_any_work(images, tmp_path, capsys, monkeypatch):
+    def no_model(*_a, **_k):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr("mirror_sfm.extract.load_model", no_model)
+    folder = tmp_path / "feats.h5"
+    folder.mkdir()
+    assert main(["extract", str(images), "-o", str(folder), "--weights", "imagenet"]) == 2
+    line = last_error_line(capsys)
+    assert line.startswith("mirror_sfm: error:") and str(folder) in line and "is an existing folder" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feats.h5", "images"]  # nothing else written
+
+
+def test_check_writable_names_the_path_and_the_fix(tmp_path):
+    check_writable(tmp_path / "new" / "deeper" / "out.txt")  # missing folders will be created: fine
+    assert not (tmp_path / "new").exists()  # ... but not by the check
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MirrorError, match="is a file, not a folder"):
+        check_writable(tmp_path / "file" / "out.txt")
+    with pytest.raises(MirrorError, match="is an existing folder"):
+        check_writable(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no probe file left behind
+
+
+def test_read_only_folder_as_root_via_sysfs():
+    """chmod does not stop root; sysfs refuses new files to everyone, so the probe catches it."""
+    if not os.path.isdir("/sys/kernel"):
+        pytest.skip("no /sys")
+    with pytest.raises(MirrorError) as info:
+        check_writable("/sys/kernel/pairs.txt")
+    assert "/sys/kernel/pairs.txt" in str(info.value) and "make it writable or choose another output" in str(info.value)
+
+
+@pytest.mark.skipif(IS_ROOT, reason="root writes into a chmod 555 folder anyway (see the /sys test for root)")
+def test_read_only_folder_is_refused_before_any_work(images, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("mirror_sfm.extract.load_model", lambda *_a, **_k: pytest.fail("model loaded"))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main(["extract", str(images), "-o", str(ro / "feats.h5")]) == 2
+        line = last_error_line(capsys)
+        assert str(ro / "feats.h5") in line and "is read-only" in line
+    finally:
+        ro.chmod(0o755)
+
+
+# ----------------------------------------------------------------------------- 2. disk full
+
+DISK_FULL_RUN = """
+    import resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # else the kernel kills the process at the limit
+    limit = int(sys.argv[3])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    from mirror_sfm.cli import main
+    sys.exit(main(["extract", sys.argv[1], "-o", sys.argv[2], "--weights", "imagenet", "--num-workers", "0",
+                   "--batch-size", "2"]))
+"""
+
+
+def test_disk_full_is_one_line_and_the_finished_images_are_kept(fixture_images, imagenet_model, tmp_path):
+    """A file size limit (RLIMIT_FSIZE) makes h5py's writes fail as on a full disk (EFBIG instead of ENOSPC)."""
+    out = tmp_path / "out" / "feats.h5"
+    res = run_python(DISK_FULL_RUN, str(fixture_images), str(out), "500000")  # ~92 kB per image: 4-5 fit
+    assert res.returncode == 2, res.stderr
+    err = res.stderr.strip().splitlines()
+    assert "Traceback" not in res.stderr
+    assert err[-1] == (f"mirror_sfm: error: disk full while writing {out} (File too large): free space and re-run; "
+                       f"finished images are kept in {partial_path(out)}")
+    assert partial_path(out).is_file() and not out.exists()
+    again = extract(fixture_images, out, model=imagenet_model)   # space freed: resumes
+    assert again.num_cached >= 2 and again.num_cached + again.num_extracted == 12
+    fresh = extract(fixture_images, tmp_path / "fresh.h5", model=imagenet_model)
+    n1, g1, r1 = read_descriptors(out, regional=True)
+    n2, g2, r2 = read_descriptors(fresh.path, regional=True)
+    assert n1 == n2 and np.array_equal(g1, g2) and np.array_equal(r1, r2)  # nothing half-written was reused
 
 
 # ----------------------------------------------------------------------------- 3. names that are not UTF-8
@@ -72,6 +153,61 @@ def test_pairs_with_a_non_utf8_name_runs(images, tmp_path, capfd):
     assert main(["pairs", str(images), "-o", str(out), "-k", "1", "--weights", "imagenet", "--num-workers", "0"]) == 0
     assert len(out.read_text().splitlines()) == 4
     assert "Traceback" not in capfd.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 4. two runs, one output
+
+HOLD_LOCK = """
+    import sys
+    from mirror_sfm.io_utils import output_lock
+    with output_lock(sys.argv[1]):
+        print("locked", flush=True)
+        sys.stdin.read()   # until the test closes our stdin
+"""
+
+
+def test_second_run_on_the_same_output_stops_with_the_holders_pid(images, tmp_path, capsys):
+    out = tmp_path / "feats.h5"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLD_LOCK), str(out)], cwd=REPO,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["extract", str(images), "-o", str(out), "--weights", "imagenet", "--num-workers", "0"]) == 2
+        assert last_error_line(capsys) == (f"mirror_sfm: error: {out} is being written by another mirror_sfm run "
+                                           f"(pid {holder.pid}); wait for it or choose another output")
+        assert not out.exists() and not partial_path(out).exists()   # the holder's work was not touched
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert not lock_path(out).exists()   # released and removed
+    assert main(["extract", str(images), "-o", str(out), "--weights", "imagenet", "--num-workers", "0"]) == 0
+    assert len(list_h5_names(out)) == 4 and not lock_path(out).exists()
+
+
+def test_two_concurrent_extractions_never_clobber(images, tmp_path):
+    """Two real runs started together: each one either finishes or stops with the one-line lock error."""
+    out = tmp_path / "feats.h5"
+    cmd = [sys.executable, "-m", "mirror_sfm", "extract", str(images), "-o", str(out), "--weights", "imagenet",
+           "--num-workers", "0"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for code, err in results:
+        assert "Traceback" not in err
+        assert code == 0 or (code == 2 and "is being written by another mirror_sfm run" in err), err
+    assert any(code == 0 for code, _ in results)
+    assert len(list_h5_names(out)) == 4 and not partial_path(out).exists() and not lock_path(out).exists()
+
+
+def test_lock_is_released_when_the_run_fails(tmp_path):
+    out = tmp_path / "x.h5"
+    with pytest.raises(RuntimeError):
+        with output_lock(out):
+            assert lock_path(out).read_text().strip() == str(os.getpid())
+            raise RuntimeError("boom")
+    with output_lock(out):  # not blocked by the failed run
+        pass
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- 5. one notion of readable
@@ -116,3 +252,61 @@ def test_draft_decoding_keeps_size_and_orientation(tmp_path, size, orientation):
     assert fast.shape == np.asarray(expected).shape
     diff = np.abs(fast.astype(int) - np.asarray(expected).astype(int))
     assert diff.mean() < 2.0   # same picture, same way up (a 90-degree error would differ by far more)
+
+
+def test_extraction_descriptors_barely_change_with_draft(images, imagenet_model, tmp_path):
+    """Descriptors of the fixture photos (512 px) with draft decoding at --resize 128 match a full decode."""
+    from mirror_sfm.extract import ExtractionOptions
+    fast = extract(images, tmp_path / "a.h5", ExtractionOptions(resize=128), model=imagenet_model)
+    _, g, _ = read_descriptors(fast.path)
+    import mirror_sfm.extract as ex
+
+    def full_decode(path, long_side):
+        rgb, size = decode_image(path, 0)
+        small = Image.fromarray(rgb).resize(resized_size(*size, long_side), Image.BILINEAR, reducing_gap=3.0)
+        return np.asarray(small), size
+
+    orig = ex.decode_image
+    ex.decode_image = full_decode
+    try:
+        slow = extract(images, tmp_path / "b.h5", ExtractionOptions(resize=128), model=imagenet_model)
+    finally:
+        ex.decode_image = orig
+    _, g2, _ = read_descriptors(slow.path)
+    assert (g * g2).sum(axis=1).min() > 0.98
+
+
+# ----------------------------------------------------------------------------- 7. warnings under a progress bar
+
+def test_warnings_get_their_own_line_under_the_progress_bar(images, tmp_path, capfd):
+    shutil.copy(images / "IMG_9669.jpg", images / "IMG_9669b.jpg")
+    truncate_half(images / "IMG_9669b.jpg")
+    assert main(["extract", str(images), "-o", str(tmp_path / "f.h5"), "--weights", "imagenet",
+                 "--num-workers", "0", "--batch-size", "1"]) == 0
+    err = capfd.readouterr().err
+    assert "describe images" in err   # the bar was drawn
+    lines = [ln for ln in err.split("\n") if "skipping unreadable image" in ln]
+    assert len(lines) == 1
+    assert lines[0].split("\r")[-1].startswith("["), repr(lines[0])   # not glued to the end of the bar
+
+
+# ----------------------------------------------------------------------------- 8. corrupt descriptor cache
+
+def test_corrupt_cache_says_corrupt_and_is_rebuilt(images, imagenet_model, tmp_path, mirror_log):
+    out = tmp_path / "feats.h5"
+    out.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)   # an h5 signature and nothing after it
+    r = extract(images, out, model=imagenet_model)
+    assert r.num_extracted == 4 and len(list_h5_names(out)) == 4
+    messages = [rec.getMessage() for rec in mirror_log.records]
+    assert not any("other settings" in m for m in messages), messages
+    corrupt = [m for m in messages if "is corrupt" in m]
+    assert len(corrupt) == 1 and str(out) in corrupt[0] and "rebuilt" in corrupt[0]
+
+
+def test_corrupt_partial_is_started_again(images, imagenet_model, tmp_path, mirror_log):
+    out = tmp_path / "feats.h5"
+    partial_path(out).write_bytes(b"garbage")
+    r = extract(images, out, model=imagenet_model)
+    assert r.num_extracted == 4 and not partial_path(out).exists()
+    assert any("is corrupt" in rec.getMessage() and str(partial_path(out)) in rec.getMessage()
+               for rec in mirror_log.records)
