@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from mirror_sfm.console import add_stderr_handler, run_command
+from mirror_sfm.io_utils import check_writable
 
 logger = logging.getLogger("gtgen")
 
@@ -62,7 +63,8 @@ def cmd_overlap(args) -> None:
     options = OverlapOptions(resolution=args.resolution, mask_size=args.mask_size, png_size=args.png_size,
                              write_pngs=not args.no_pngs, mask_min_fraction=args.mask_min_fraction,
                              mask_min_ratio=args.mask_min_ratio, element_size=args.element_size, engine=args.engine,
-                             triplets=_triplet_options(args), cache=not args.no_cache)
+                             triplets=_triplet_options(args), cache=not args.no_cache,
+                             min_visible_fraction=args.min_visible_fraction)
     result = compute_overlap(args.sparse, args.mesh, args.out, options, images_dir=args.images)
     print(f"{len(result.scene.registered)} images, {result.mo.nnz} MO ratios, {result.num_mask_pairs} mask pairs, "
           f"{len(result.anchors)} anchors -> {args.out}")
@@ -139,6 +141,7 @@ def cmd_mesh(args) -> None:
     options = MeshingOptions(method=args.method, min_track_length=args.min_track_length,
                              max_reprojection_error=args.max_error, depth=args.depth, trim_distance=args.trim,
                              max_image_size=args.max_image_size, workspace=args.workspace)
+    check_writable(args.out)
     stats = mesh_reconstruction_file(args.sparse, args.out, options, image_dir=args.images)
     print(f"{stats.method}: {stats.points_used} points -> {stats.faces} faces ({stats.time_s['total']:.1f} s) -> {args.out}")
 
@@ -149,6 +152,9 @@ def cmd_align(args) -> None:
     options = AlignOptions(tolerance=args.tolerance, min_inlier_fraction=args.min_inliers, seed=args.seed,
                            random_starts=args.starts, num_samples=args.samples,
                            check_visibility=not args.no_visibility_check)
+    for out in (args.out, args.transform_out):
+        if out is not None:
+            check_writable(out)
     report = align_mesh_file(args.mesh, args.sparse, args.out, options, transform_out=args.transform_out)
     print(f"scale {report.similarity.scale:.6g}, {100 * report.inlier_fraction:.1f}% of {report.points} points within "
           f"{100 * args.tolerance:g}% of the scene scale, median distance "
@@ -230,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["auto", "embree", "numpy", "pyrender"], default=d.engine,
                    help="visibility engine: ray casting (auto|embree|numpy, exact under distortion) or pyrender rasterising (default %(default)s)")
     p.add_argument("--no-cache", action="store_true", help="do not keep per-image triangle maps under OUT/cache")
+    p.add_argument("--min-visible-fraction", type=float, default=d.min_visible_fraction, metavar="F",
+                   help="stop when fewer of the registered cameras see the mesh: it is then likely not aligned "
+                   "with the model (default %(default)s; 0: accept)")
     _add_triplet_args(p)
     p.set_defaults(func=cmd_overlap)
 

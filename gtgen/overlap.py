@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mirror_sfm.errors import MirrorError
+from mirror_sfm.io_utils import check_writable
 
 from . import gl3d
 from .masks import MaskOptions, mask_png_name, overlapping_pairs, pair_masks, write_mask_png
@@ -43,7 +44,9 @@ class OverlapOptions:
     square; write_pngs=False: none). `mask_min_fraction`: share of a cell's pixels that must overlap
     (0: any). `mask_min_ratio`: only pairs whose MO exceeds this in some direction get mask.bin
     records. `element_size`: group triangles into cells of this size (world units) before counting.
-    `triplets`: positive ranges and t_sfm. `cache`: keep per-image triangle maps under OUT/cache."""
+    `triplets`: positive ranges and t_sfm. `cache`: keep per-image triangle maps under OUT/cache.
+    `min_visible_fraction`: refuse (MirrorError) when a smaller share of the registered cameras sees any
+    of the mesh, which means the mesh is not aligned with the model (0: accept any)."""
 
     resolution: int = 256
     mask_size: int = gl3d.MASK_SIZE
@@ -56,6 +59,7 @@ class OverlapOptions:
     triplets: TripletOptions = dataclasses.field(default_factory=TripletOptions)
     cache: bool = True
     progress: bool = True
+    min_visible_fraction: float = 0.5
 
 
 @dataclasses.dataclass
@@ -167,11 +171,14 @@ def compute_overlap(sparse: str | Path, mesh_path: str | Path, out_dir: str | Pa
         raise MirrorError(f"mask size must be >= 1, got {options.mask_size}")
     if not 0.0 <= options.mask_min_fraction <= 1.0:
         raise MirrorError(f"mask cell fraction must be in [0, 1], got {options.mask_min_fraction}")
+    if not 0.0 <= options.min_visible_fraction <= 1.0:
+        raise MirrorError(f"minimum visible fraction must be in [0, 1], got {options.min_visible_fraction}")
     finest = max([options.mask_size, *(options.png_size or ())])
     if options.resolution < finest:
         logger.warning("ray grid (%d) coarser than the mask grid (%d): some mask cells get no pixel and stay off",
                        options.resolution, finest)
     out_dir = Path(out_dir)
+    check_writable(out_dir / "image_list.txt")  # an unwritable OUT, or a file named OUT: before casting any ray
     scene = load_scene(sparse)
     mesh = load_mesh(mesh_path)
     if images_dir is not None:
@@ -190,6 +197,7 @@ def compute_overlap(sparse: str | Path, mesh_path: str | Path, out_dir: str | Pa
     for k, m in zip(reg, tri):
         maps[k] = element_map(m, elements)
     incidence, mo = mesh_overlap(maps, num_elements)
+    check_visible_fraction(incidence, reg, mesh_path, options.min_visible_fraction)
     co = combined_ratios(scene.ct, mo, t_sfm=options.triplets.t_sfm)
     anchors = select_positives(co, options.triplets)
     logger.info("%d images see the mesh; %d anchors with positives (%d strong, %d weak pairs)",
@@ -226,6 +234,20 @@ def compute_overlap(sparse: str | Path, mesh_path: str | Path, out_dir: str | Pa
     return OverlapResult(scene, mo, co, anchors, len(pairs), out_dir)
 
 
+def check_visible_fraction(incidence: sp.csr_matrix, registered: list[int], mesh_path: str | Path,
+                           min_fraction: float) -> None:
+    """MirrorError when fewer than `min_fraction` of the registered images see any of the mesh.
+
+    A mesh in another frame or scale is often still seen by a camera or two; without this check the run
+    ends with exit 0 and almost no mesh-overlap labels.
+    """
+    seen = int((np.diff(incidence.indptr)[registered] > 0).sum())
+    total = len(registered)
+    if total and seen < min_fraction * total:
+        raise MirrorError(f"mesh {mesh_path} is seen by {seen} of {total} cameras ({100 * seen / total:.0f}%); is it "
+                          f"aligned with the model (same frame and scale)? --min-visible-fraction 0 to accept")
+
+
 def _resized(m: sp.spmatrix | None, n: int) -> sp.csr_matrix:
     """`m` as an (n, n) matrix (an absent matrix is empty); ratio files only say N up to the last index."""
     if m is None:
@@ -259,6 +281,7 @@ def triplets_from_geolabel(scene_dir: str | Path, out_path: str | Path | None = 
     anchors = select_positives(co, options)
 
     out_path = Path(out_path) if out_path is not None else scene_dir / "triplets.json"
+    check_writable(out_path)
     base = out_path.resolve().parent
     rel = lambda p: os.path.relpath(p.resolve(), base)  # noqa: E731
     png_dir = scene_dir / "masks"

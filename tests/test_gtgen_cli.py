@@ -166,3 +166,31 @@ def test_empty_reconstruction_and_unseen_mesh(scene, tmp_path, capsys):
 def test_module_entry_point_help():
     res = subprocess.run([sys.executable, "-m", "gtgen", "overlap", "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--sparse" in res.stdout and "--mask-size" in res.stdout
+
+
+def test_mesh_seen_by_few_cameras_is_refused(scene, tmp_path, capsys):
+    """A patch only c.jpg sees (x in [10.5, 12.5]: a's, b's and d's footprints end before): 1 of 4 cameras."""
+    root, sparse, _ = scene
+    patch = tmp_path / "patch.ply"
+    m = plane_mesh(half=1.0, cell=0.5)
+    trimesh.Trimesh(m.vertices + [11.5, 0, 0], m.faces, process=False).export(patch)
+    out = tmp_path / "o"
+    args = ["overlap", "--sparse", str(sparse), "--mesh", str(patch), "--out", str(out), "--no-cache"]
+    msg = _error(capsys, args)
+    assert f"mesh {patch} is seen by 1 of 4 cameras (25%)" in msg and "--min-visible-fraction 0 to accept" in msg
+    assert not (out / "geolabel").exists()
+    assert main(args + ["--min-visible-fraction", "0"]) == 0   # accepted on request
+    assert (out / "geolabel" / "mesh_overlap.txt").is_file()
+    assert main(args + ["--min-visible-fraction", "0.2"]) == 0
+
+
+def test_unwritable_outputs_stop_before_any_work(scene, run, tmp_path, capsys):
+    root, sparse, mesh = scene
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    msg = _error(capsys, ["overlap", "--sparse", str(sparse), "--mesh", str(mesh), "--out", str(blocker)])
+    assert str(blocker) in msg and "is a file, not a folder" in msg
+    msg = _error(capsys, ["mesh", "--sparse", str(sparse), "--out", str(tmp_path)])
+    assert str(tmp_path) in msg and "is an existing folder" in msg
+    msg = _error(capsys, ["triplets", str(run), "-o", str(tmp_path)])
+    assert "is an existing folder" in msg
