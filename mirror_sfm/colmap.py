@@ -544,6 +544,7 @@ def reconstruct(image_dir: Path, out_dir: Path, options: ReconstructionOptions |
         "verified_pairs": verified,
         **mstats,
         "num_matched": options.num_matched if options.pairs in ("retrieval", "vocabtree") else None,
+        **({"verify": _verify_record(options)} if options.pairs == "retrieval" else {}),
         "mapper": options.mapper,
         "features_reused": reused,
         "time_s": {
@@ -559,6 +560,15 @@ def reconstruct(image_dir: Path, out_dir: Path, options: ReconstructionOptions |
     write_text_atomic(out_dir / STATS_NAME, json.dumps(stats, indent=2) + "\n")
     logger.info("wrote %s (total %.1f s)", out_dir / STATS_NAME, stats["time_s"]["total"])
     return stats
+
+
+def _verify_record(options: ReconstructionOptions) -> dict:
+    """How the retrieval pairs were verified (stats.json): method, shortlist and SIFT features used."""
+    from .verify import VerifyOptions
+
+    pairs_options = options.retrieval_kwargs.get("options")
+    verify = getattr(pairs_options, "verify", None) or VerifyOptions()
+    return {"method": verify.method, "shortlist": verify.shortlist, "features": verify.num_features}
 
 
 def _drop_failed_extractions(
