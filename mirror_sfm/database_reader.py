@@ -36,17 +36,21 @@ class ImageFeatures:
 
 
 class FeatureDatabase:
-    """Read-only access to the SIFT features of a COLMAP database (a context manager)."""
+    """Read-only access to the SIFT features of a COLMAP database (a context manager).
 
-    def __init__(self, path: str | Path):
+    `lock_timeout`: seconds to wait while another program (COLMAP writing matches) holds the database locked.
+    """
+
+    def __init__(self, path: str | Path, lock_timeout: float = 10.0):
         self.path = Path(path)
+        self._timeout = lock_timeout
         if not self.path.is_file():
             raise MirrorError(f"COLMAP database not found: {self.path}")
         try:
-            self._con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-            rows = self._con.execute("SELECT image_id, name, camera_id FROM images").fetchall()
+            self._con = sqlite3.connect(_read_only_uri(self.path), uri=True, timeout=lock_timeout)
         except sqlite3.DatabaseError as exc:
             raise MirrorError(f"cannot read COLMAP database {self.path}: {exc}") from None
+        rows = self._query_all("SELECT image_id, name, camera_id FROM images", ())
         self.image_ids = {name: (image_id, camera_id) for image_id, name, camera_id in rows}
         self._cameras: dict[int, pycolmap.Camera] = {}
 
@@ -62,6 +66,13 @@ class FeatureDatabase:
     def check_names(self, names: list[str]) -> None:
         """MirrorError naming one image of `names` that the database lacks (with how many are missing)."""
         missing = [n for n in names if n not in self.image_ids]
+        if missing and len(missing) == len(names):
+            some = next(iter(self.image_ids), None)
+            raise MirrorError(
+                f"COLMAP database {self.path} holds none of the {len(names)} images (e.g. {missing[0]}"
+                + (f"; it has {some}" if some else "; it has no image")
+                + "): was it made from another image folder? Names must be relative to the same folder"
+            )
         if missing:
             raise MirrorError(
                 f"COLMAP database {self.path} lacks {len(missing)} of the {len(names)} images, e.g. {missing[0]}: "
@@ -99,11 +110,38 @@ class FeatureDatabase:
                              self.camera(camera_id))
 
     def _query(self, sql: str, args: tuple):
+        rows = self._query_all(sql, args)
+        return rows[0] if rows else None
+
+    def _query_all(self, sql: str, args: tuple) -> list:
         try:
-            rows = self._con.execute(sql, args).fetchall()  # fetchall: the statement ends, no read lock is kept
-            return rows[0] if rows else None
+            return self._con.execute(sql, args).fetchall()  # fetchall: the statement ends, no read lock is kept
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise MirrorError(f"COLMAP database {self.path} is locked by another program (COLMAP still "
+                                  f"writing?) for over {self._timeout:g} s; wait for it to finish and re-run") from None
+            raise MirrorError(f"cannot read COLMAP database {self.path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise MirrorError(f"cannot read COLMAP database {self.path}: {exc}") from None
+
+
+def _read_only_uri(path: Path) -> str:
+    """SQLite URI that reads `path` without writing anything beside it.
+
+    `mode=ro` never writes the database, but on a WAL database (pycolmap 4 makes them) it creates -wal and -shm
+    files next to it and leaves them. When no -wal file exists, nobody is writing: `immutable=1` then reads with
+    no side file at all. While COLMAP writes (a -wal exists), `mode=ro` reads what it has committed.
+    """
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError as exc:
+        raise MirrorError(f"cannot read COLMAP database {path}: {exc.strerror}") from None
+    wal = len(header) == 100 and header.startswith(b"SQLite format 3\0") and header[18] == 2
+    if wal and not Path(f"{path}-wal").exists():
+        uri += "&immutable=1"
+    return uri
 
 
 def _blob_array(row, dtype) -> np.ndarray:

@@ -42,7 +42,7 @@ FAILED_CONFIGS = {int(pycolmap.TwoViewGeometryConfiguration.UNDEFINED),
 
 @dataclass
 class VerifyOptions:
-    """How each image's CNN shortlist is verified and re-ranked (defaults measured: benchmarks/RESULTS.md §10)."""
+    """How each image's CNN shortlist is verified and re-ranked (defaults measured: benchmarks/RESULTS.md §11)."""
 
     method: str = "sift"          # sift: re-rank the shortlist by verified inliers | none: CNN (+ PR-MAC) order
     shortlist: int = 30           # CNN candidates per image that are verified (N >= K)

@@ -90,11 +90,13 @@ def test_rerank_failed_pairs_keep_cnn_order_below_verified():
 
 def test_pairs_database_is_read_only_and_nothing_extracted(tmp_path, fixture_database):
     before = _digest(fixture_database)
+    files_before = sorted(p.name for p in fixture_database.parent.iterdir())
     out = tmp_path / "pairs.txt"
     rc = main(["pairs", str(FIXTURE), "-o", str(out), "-k", "3", "--shortlist", "6", "--weights", "imagenet",
                "--database", str(fixture_database), "--scores", str(tmp_path / "scores.txt")])
     assert rc == 0
     assert _digest(fixture_database) == before
+    assert sorted(p.name for p in fixture_database.parent.iterdir()) == files_before  # no -wal / -shm left beside it
     assert not (tmp_path / "pairs-sift.db").exists()  # features came from the database
     pairs = read_pairs(out)
     assert len(pairs) == 12 * 3
@@ -172,3 +174,34 @@ def test_k_must_be_positive(tmp_path, capsys):
         assert rc != 0
         assert "num_matched" in capsys.readouterr().err
     assert not (tmp_path / "p.txt").exists()
+
+
+def test_database_of_another_folder_or_not_a_database(tmp_path, fixture_database):
+    other = tmp_path / "other"
+    other.mkdir()
+    _texture_image(other / "elsewhere.jpg")
+    with FeatureDatabase(fixture_database) as db, pytest.raises(MirrorError, match="another image folder"):
+        db.check_names(["elsewhere.jpg"])
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(MirrorError, match="cannot read COLMAP database .*junk.db"):
+        FeatureDatabase(junk)
+    assert junk.read_bytes() == b"not a database at all" * 100
+
+
+def test_locked_database_is_one_clear_error(tmp_path, fixture_database):
+    import sqlite3
+
+    copy = tmp_path / "locked.db"
+    shutil.copyfile(fixture_database, copy)
+    writer = sqlite3.connect(copy, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=DELETE")  # COLMAP 3.x's rollback journal: a writer blocks readers
+    writer.execute("BEGIN EXCLUSIVE")  # as COLMAP holds it while writing
+    try:
+        with pytest.raises(MirrorError, match="locked by another program"):
+            FeatureDatabase(copy, lock_timeout=0.2)
+    finally:
+        writer.rollback()
+        writer.close()
+    with FeatureDatabase(copy) as db:  # readable again once the writer is done
+        assert len(db.image_ids) == 12
