@@ -108,7 +108,8 @@ def generate_pairs(image_dir: str | Path, output: str | Path, num_matched: int |
 
     `num_matched` (K) overrides `options.retrieval.num_matched` when given. `database`: a COLMAP database holding
     SIFT for these images, read (never written) for verification; without it light SIFT is extracted into
-    `output` + `-sift.db` beside the output (resumable). `scores_output`: `name1 name2 cnn_score` lines, plus the
+    `output` + `-sift.db` beside the output (resumable); verification matches into `output` + `-verify.db` (a copy
+    holding the first `num_features` features; keep it to resume). `scores_output`: `name1 name2 cnn_score` lines, plus the
     geometric score (verified inliers, 0 = failed) as a fourth field when verified.
     Returns the pairs written. The pair file (and the scores file) are written atomically.
     """
@@ -144,8 +145,8 @@ def generate_pairs(image_dir: str | Path, output: str | Path, num_matched: int |
         own_db = database is None
         if own_db:
             database = light_sift_database(image_dir, names, output.with_name(output.stem + "-sift.db"), verify)
-        geometric = verify_pairs(database, candidates, verify, cache=output.with_name(output.stem + "-verify.txt"),
-                                 allow_missing=own_db)
+        geometric = verify_pairs(database, candidates, verify,
+                                 work_database=output.with_name(output.stem + "-verify.db"), allow_missing=own_db)
         pairs, cnn, geo = rerank_by_geometry(candidates, cnn, geometric, k)
         pairs, scores = finish_pairs(names, glob, pairs, list(zip(cnn, geo)), options)
         logger.info("verified %d candidate pairs (shortlist %d): %d of the %d kept pairs pass",

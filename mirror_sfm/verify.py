@@ -1,41 +1,40 @@
 """Geometric verification of a retrieval shortlist with the SIFT features COLMAP matches anyway.
 
-Each image's CNN shortlist (its top N candidates) is re-ranked by how well the pair verifies: the first
-``num_features`` SIFT features of both images (COLMAP stores the largest scales first) are matched by COLMAP's rule
-(mutual nearest neighbours, ratio 0.8, distance 0.7; ``sift_matching``) and a two-view geometry is estimated by
-pycolmap (``estimate_two_view_geometry``: E, F or H by RANSAC, 4 px). The geometric score of a pair is its number of
-inlier matches, 0 when COLMAP would not keep the pair (fewer than ``min_num_inliers`` inliers, or a degenerate
-geometry). Ranking per query: verified pairs first by score, then the others, ties broken by the CNN score.
+Each image's CNN shortlist (its top N candidates) is re-ranked by how well the pair verifies in COLMAP's own
+hands: the first ``num_features`` SIFT features of both images (COLMAP stores the largest scales first) are
+matched and verified by ``pycolmap.match_image_pairs`` (its SIFT matcher: mutual nearest neighbours, ratio 0.8,
+distance 0.7; then two-view geometry: E, F or H by RANSAC, 4 px) in a working database of mirror_sfm's own
+(``working_database``: the source cut to those features). The geometric score of a pair is its number of inlier
+matches, 0 when COLMAP drops the pair (fewer than ``min_num_inliers`` inliers, or a degenerate geometry). Ranking
+per query: verified pairs first by score, then the others, ties broken by the CNN score.
 
-Features come from a COLMAP database, opened read-only (``database_reader``): the user's own, or a light one
-(``light_sift_options``: ≤ 1,024 features, ≤ 1,024 px) extracted into a cache beside the output. Each unordered pair
-is verified once. Finished scores go to a cache file (``name1 name2 score`` lines under a header naming the
-feature source), so a killed run resumes; memory is bounded by the shortlist and an LRU of decoded features.
+Features come from a COLMAP database, never written: the user's own, or a light one (≤ 1,024 features,
+≤ 1,024 px) extracted into a cache beside the output. Each unordered pair is verified once, in blocks (progress);
+COLMAP skips pairs already in the working database, so a killed run resumes. Memory is bounded by the shortlist.
+(A batched torch matcher with pycolmap's two-view estimation was measured too: 1.6× slower on 2 cores for the
+same pass/fail decisions, RESULTS.md §11.)
 """
 from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict, defaultdict, deque
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import numpy as np
 import pycolmap
-import torch
 from tqdm import tqdm
 
-from .database_reader import FeatureDatabase, ImageFeatures
+from .database_reader import FeatureDatabase
 from .errors import MirrorError
 from .pairs_io import Pair
-from .sift_matching import SiftMatchingRule, descriptor_tensor, match_one_to_many
+from .working_database import working_database
 
 logger = logging.getLogger(__name__)
 
 VERIFY_METHODS = ("sift", "none")
-CACHE_VERSION = "mirror_sfm verify cache v1"
+DEVICES = {"auto": pycolmap.Device.auto, "cpu": pycolmap.Device.cpu, "cuda": pycolmap.Device.cuda}
 FAILED_CONFIGS = {int(pycolmap.TwoViewGeometryConfiguration.UNDEFINED),
                   int(pycolmap.TwoViewGeometryConfiguration.DEGENERATE)}
 
@@ -50,14 +49,16 @@ class VerifyOptions:
     min_num_inliers: int = 15     # COLMAP's TwoViewGeometryOptions.min_num_inliers: fewer fail
     sift_max_image_size: int = 1024   # light SIFT (no --database): long side limit, px
     sift_max_num_features: int = 1024  # light SIFT (no --database): features per image
-    num_threads: int = 2          # two-view geometry estimation threads (pycolmap releases the GIL)
-    feature_cache: int = 4096     # images whose decoded features stay in memory (LRU)
+    num_threads: int = -1         # COLMAP matching and verification threads (-1: all cores)
+    device: str = "auto"          # auto: COLMAP's CUDA matcher where pycolmap has CUDA | cpu
     seed: int = 0                 # RANSAC seed, so a re-run gives the same scores
 
     def validate(self) -> None:
         if self.method not in VERIFY_METHODS:
             raise MirrorError(f"verify must be one of {', '.join(VERIFY_METHODS)}; got {self.method!r}")
-        for name in ("shortlist", "num_features", "sift_max_image_size", "sift_max_num_features", "num_threads"):
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise MirrorError(f"verification device must be auto, cpu or cuda; got {self.device!r}")
+        for name in ("shortlist", "num_features", "sift_max_image_size", "sift_max_num_features"):
             if getattr(self, name) < 1:
                 raise MirrorError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 
@@ -69,150 +70,78 @@ def two_view_options(options: VerifyOptions) -> pycolmap.TwoViewGeometryOptions:
     return opts
 
 
-class FeatureCache:
-    """LRU of (features, descriptor tensor) per image name, read from the database on demand."""
-
-    def __init__(self, db: FeatureDatabase, num_features: int, capacity: int):
-        self.db, self.num_features, self.capacity = db, num_features, capacity
-        self._items: OrderedDict[str, tuple[ImageFeatures, torch.Tensor]] = OrderedDict()
-
-    def __getitem__(self, name: str) -> tuple[ImageFeatures, torch.Tensor]:
-        item = self._items.get(name)
-        if item is None:
-            feats = self.db.read(name, self.num_features)
-            item = (feats, descriptor_tensor(feats.descriptors))
-            self._items[name] = item
-            if len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        else:
-            self._items.move_to_end(name)
-        return item
-
-
 def _pair_key(a: str, b: str) -> Pair:
     return (a, b) if a < b else (b, a)
 
 
-def _cache_header(database: Path, options: VerifyOptions) -> str:
-    st = Path(database).stat()
-    return (f"# {CACHE_VERSION} database={Path(database).resolve()} size={st.st_size} mtime_ns={st.st_mtime_ns} "
-            f"features={options.num_features} min_inliers={options.min_num_inliers} seed={options.seed}")
-
-
-def _read_cache(path: Path | None, header: str) -> dict[Pair, int]:
-    """Scores finished by an earlier run with the same features and settings; {} when stale or absent."""
-    if path is None or not path.is_file():
-        return {}
-    lines = path.read_text(errors="replace").splitlines()
-    if not lines or lines[0] != header:
-        logger.info("verification cache %s was made from other features or settings; verifying again", path)
-        return {}
-    done = {}
-    for line in lines[1:]:
-        fields = line.split(" ")
-        if len(fields) == 3 and fields[2].isdigit():  # a line cut short by a kill is dropped
-            done[_pair_key(fields[0], fields[1])] = int(fields[2])
-    return done
+@contextmanager
+def quiet_colmap(verbose: bool = False) -> Iterator[None]:
+    """COLMAP's own INFO log (a dozen lines a call) only when asked for."""
+    previous = pycolmap.logging.minloglevel
+    if not verbose:
+        pycolmap.logging.minloglevel = int(pycolmap.logging.Level.WARNING)
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = previous
 
 
 def verify_pairs(database: str | Path, pairs: Iterable[Pair], options: VerifyOptions | None = None,
-                 cache: str | Path | None = None, allow_missing: bool = False) -> dict[Pair, int]:
+                 work_database: str | Path | None = None, allow_missing: bool = False) -> dict[Pair, int]:
     """Geometric score of every pair (keyed by the sorted name pair; each unordered pair is verified once).
 
-    `database`: a COLMAP database holding SIFT for every name in `pairs` (read-only); an image it lacks is an
-    error, or with `allow_missing` (mirror_sfm's own cache, where COLMAP could not read a photo) scores 0.
-    `cache`: a file of finished scores, appended as they come, so a killed run resumes.
+    `database`: a COLMAP database holding SIFT for every name in `pairs`, only read; an image it lacks is an error,
+    or with `allow_missing` (mirror_sfm's own cache, where COLMAP could not read a photo) scores 0.
+    `work_database`: where the working copy (first `num_features` features, the matches) lives; default beside
+    `database` as `<name>-verify-F.db`. Keep it to resume a killed run.
     """
     options = options or VerifyOptions()
     options.validate()
     database = Path(database)
-    todo_keys = list(dict.fromkeys(_pair_key(a, b) for a, b in pairs if a != b))
-    cache = Path(cache) if cache else None
+    keys = list(dict.fromkeys(_pair_key(a, b) for a, b in pairs if a != b))
     with FeatureDatabase(database) as db:
-        involved = sorted({n for key in todo_keys for n in key})
+        involved = sorted({n for key in keys for n in key})
         if allow_missing:
             absent = {n for n in involved if n not in db.image_ids}
             for name in sorted(absent):
                 logger.warning("no SIFT features for %s in %s: its pairs score 0", name, database)
-            todo_keys = [k for k in todo_keys if k[0] not in absent and k[1] not in absent]
+            keys = [k for k in keys if k[0] not in absent and k[1] not in absent]
         else:
             db.check_names(involved)
-        header = _cache_header(database, options)
-        scores = _read_cache(cache, header)
-        todo = [k for k in todo_keys if k not in scores]
-        if scores:
-            logger.info("verification: %d pairs from %s, %d to verify", len(todo_keys) - len(todo), cache, len(todo))
-        features = FeatureCache(db, options.num_features, options.feature_cache)
-        sink = _open_cache(cache, header, fresh=not scores)
-        try:
-            for query, others, results in match_and_estimate(features, todo, two_view_options(options),
-                                                             options.num_threads, "verifying pairs"):
-                for other, (_, geometry) in zip(others, results):
-                    score = geometric_score(geometry, options.min_num_inliers)
-                    scores[(query, other)] = score
-                    if sink is not None:
-                        sink.write(f"{query} {other} {score}\n")
-                if sink is not None:
-                    sink.flush()
-        finally:
-            if sink is not None:
-                sink.close()
+    scores = {k: 0 for k in keys}
+    if not keys:
+        return scores
+    work = Path(work_database) if work_database else database.with_name(
+        f"{database.stem}-verify-{options.num_features}.db")
+    working_database(database, work, options.num_features)
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = options.num_threads
+    block = max(200, len(keys) // 50)
+    pair_file = work.with_name(f".{work.name}.{os.getpid()}.pairs.txt")  # this run's block of pairs
+    try:
+        with tqdm(total=len(keys), desc="verifying pairs", unit="pair", leave=False) as bar, quiet_colmap():
+            for start in range(0, len(keys), block):
+                chunk = keys[start:start + block]
+                pair_file.write_text("".join(f"{a} {b}\n" for a, b in chunk))
+                pairing = pycolmap.ImportedPairingOptions()
+                pairing.match_list_path = str(pair_file)
+                pycolmap.match_image_pairs(str(work), matching_options=matching, pairing_options=pairing,
+                                           verification_options=two_view_options(options),
+                                           device=DEVICES[options.device])
+                bar.update(len(chunk))
+    except (RuntimeError, ValueError) as exc:
+        raise MirrorError(f"COLMAP matching failed on {work}: {exc}") from None
+    finally:
+        pair_file.unlink(missing_ok=True)
+    with pycolmap.Database.open(str(work)) as db:
+        names = {img.image_id: img.name for img in db.read_all_images()}
+        pair_ids, geometries = db.read_two_view_geometries()
+    for pair_id, geometry in zip(pair_ids, geometries):
+        a, b = (names[int(i)] for i in pycolmap.pair_id_to_image_pair(int(pair_id)))
+        key = _pair_key(a, b)
+        if key in scores:
+            scores[key] = geometric_score(geometry, options.min_num_inliers)
     return scores
-
-
-def _open_cache(cache: Path | None, header: str, fresh: bool):
-    if cache is None:
-        return None
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    if fresh:
-        sink = open(cache, "w")
-        sink.write(header + "\n")
-        return sink
-    with open(cache, "rb") as f:  # a run killed mid-line left no newline: end that line first
-        f.seek(-1, os.SEEK_END)
-        ended = f.read(1) == b"\n"
-    sink = open(cache, "a")
-    if not ended:
-        sink.write("\n")
-    return sink
-
-
-def match_and_estimate(features: FeatureCache, pairs: list[Pair], two_view: pycolmap.TwoViewGeometryOptions,
-                       num_threads: int, desc: str) -> Iterator[tuple[str, list[str], list[tuple]]]:
-    """Match and estimate the two-view geometry of every pair, grouped by first image.
-
-    Yields (query, others, [(matches, geometry or None)] per other); geometry is None where there are fewer
-    matches than `two_view.min_num_inliers` (COLMAP would not even try). Matching the next query (torch) overlaps
-    the RANSAC of the previous ones (a thread pool: pycolmap releases the GIL).
-    """
-    by_query: dict[str, list[str]] = defaultdict(list)
-    for a, b in pairs:
-        by_query[a].append(b)
-    min_matches = two_view.min_num_inliers
-
-    def estimate(a: ImageFeatures, b: ImageFeatures, matches: np.ndarray):
-        if len(matches) < min_matches:
-            return matches, None
-        return matches, pycolmap.estimate_two_view_geometry(a.camera, a.keypoints, b.camera, b.keypoints,
-                                                            matches, two_view)
-
-    in_flight: deque = deque()
-    with ThreadPoolExecutor(num_threads) as pool, \
-            tqdm(total=len(pairs), desc=desc, unit="pair", leave=False, disable=not pairs) as bar:
-        for query, others in by_query.items():
-            q_feats, q_desc = features[query]
-            cands = [features[o] for o in others]
-            matches = match_one_to_many(q_desc, [c[1] for c in cands])
-            in_flight.append((query, others, [pool.submit(estimate, q_feats, c[0], m)
-                                              for c, m in zip(cands, matches)]))
-            while len(in_flight) > 2:
-                q, o, futures = in_flight.popleft()
-                yield q, o, [f.result() for f in futures]
-                bar.update(len(o))
-        while in_flight:
-            q, o, futures = in_flight.popleft()
-            yield q, o, [f.result() for f in futures]
-            bar.update(len(o))
 
 
 def geometric_score(geometry, min_num_inliers: int) -> int:

@@ -12,7 +12,6 @@ from mirror_sfm.database_reader import FeatureDatabase
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.pairs import PairsOptions, generate_pairs
 from mirror_sfm.pairs_io import read_pairs
-from mirror_sfm.sift_matching import descriptor_tensor, match_one_to_many
 from mirror_sfm.verify import VerifyOptions, rerank_by_geometry, verify_pairs
 
 from conftest import FIXTURE
@@ -48,22 +47,6 @@ def _texture_image(path, seed=0):
     Image.fromarray(small).resize((640, 480), Image.BICUBIC).save(path, quality=95)
 
 
-def test_torch_matcher_equals_pycolmap_matcher(fixture_database):
-    matcher = pycolmap.FeatureMatcher.create(pycolmap.FeatureMatchingOptions(), pycolmap.Device.cpu)
-    with FeatureDatabase(fixture_database) as db:
-        names = sorted(db.image_ids)
-        feats = {n: db.read(n) for n in names}
-    query, others = names[0], names[1:6]
-    ours = match_one_to_many(descriptor_tensor(feats[query].descriptors),
-                             [descriptor_tensor(feats[o].descriptors) for o in others])
-    sift = pycolmap.FeatureExtractorType.SIFT
-    for other, got in zip(others, ours):
-        ref = matcher.match(None, pycolmap.FeatureDescriptors(sift, feats[query].descriptors),
-                            None, pycolmap.FeatureDescriptors(sift, feats[other].descriptors))
-        assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, np.asarray(ref).tolist())), other
-    assert len(ours[0]) > 50  # consecutive turntable views match well
-
-
 def test_verification_ranks_true_neighbour_above_unrelated_image(tmp_path, fixture_database):
     images = tmp_path / "images"
     shutil.copytree(FIXTURE, images)
@@ -92,12 +75,14 @@ def test_pairs_database_is_read_only_and_nothing_extracted(tmp_path, fixture_dat
     before = _digest(fixture_database)
     files_before = sorted(p.name for p in fixture_database.parent.iterdir())
     out = tmp_path / "pairs.txt"
-    rc = main(["pairs", str(FIXTURE), "-o", str(out), "-k", "3", "--shortlist", "6", "--weights", "imagenet",
+    rc = main(["pairs", str(FIXTURE), "-o", str(out), "-k", "3", "--shortlist", "6", "--weights", "imagenet", "--verify-features", "300",
                "--database", str(fixture_database), "--scores", str(tmp_path / "scores.txt")])
     assert rc == 0
     assert _digest(fixture_database) == before
     assert sorted(p.name for p in fixture_database.parent.iterdir()) == files_before  # no -wal / -shm left beside it
     assert not (tmp_path / "pairs-sift.db").exists()  # features came from the database
+    with pycolmap.Database.open(str(tmp_path / "pairs-verify.db")) as db:  # verification's own working copy
+        assert max(len(db.read_keypoints(i.image_id)) for i in db.read_all_images()) == 300
     pairs = read_pairs(out)
     assert len(pairs) == 12 * 3
     lines = (tmp_path / "scores.txt").read_text().splitlines()
@@ -150,16 +135,27 @@ def test_image_without_features_scores_zero(tmp_path, imagenet_model):
     assert (tmp_path / "pairs-sift.db").exists()  # light SIFT cache beside the output
 
 
-def test_verification_resumes_from_its_cache(tmp_path, fixture_database):
+def test_verification_resumes_and_rebuilds_a_stale_working_database(tmp_path, fixture_database, mirror_log):
+    import logging
+
+    source = tmp_path / "source.db"
+    shutil.copyfile(fixture_database, source)
     names = sorted(p.name for p in FIXTURE.iterdir())
     pairs = [(a, b) for a in names[:4] for b in names if a != b]
-    cache = tmp_path / "verify.txt"
-    first = verify_pairs(fixture_database, pairs[:10], cache=cache)
-    lines = cache.read_text().splitlines()
-    cache.write_text("\n".join(lines[:6]) + "\nIMG_9669.jpg IMG_96")  # a run killed mid-line
-    both = verify_pairs(fixture_database, pairs, cache=cache)
+    work = tmp_path / "work.db"
+    opts = VerifyOptions(num_features=300)
+    first = verify_pairs(source, pairs[:10], opts, work_database=work)
+    both = verify_pairs(source, pairs, opts, work_database=work)  # the first 10 are in work.db already
     assert {k: both[k] for k in first} == first
-    assert len(cache.read_text().splitlines()) == 1 + len(both) + 1  # header + scores (+ the cut line kept)
+    with pycolmap.Database.open(str(work)) as db:
+        assert db.num_matched_image_pairs() == len(both)
+        assert max(len(db.read_keypoints(i.image_id)) for i in db.read_all_images()) == 300
+    mirror_log.set_level(logging.INFO, logger="mirror_sfm")
+    source.touch()  # the source changed: the working copy is made again
+    assert verify_pairs(source, pairs[:10], opts, work_database=work) == first
+    assert "made from another database" in mirror_log.text
+    with pycolmap.Database.open(str(work)) as db:
+        assert db.num_matched_image_pairs() == 10
 
 
 @pytest.mark.parametrize("bad", [{"shortlist": 0}, {"num_features": -1}, {"method": "orb"}])
