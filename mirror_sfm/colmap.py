@@ -78,10 +78,23 @@ class ReconstructionOptions:
         if self.pairs == "vocabtree":
             if self.vocab_tree is None:
                 raise MirrorError("pairs 'vocabtree' needs a vocabulary tree file (build one with build_vocab_tree)")
-            if not Path(self.vocab_tree).is_file():
-                raise MirrorError(f"vocabulary tree not found: {self.vocab_tree}")
+            check_vocab_tree(Path(self.vocab_tree))
         if self.database_template is not None and not Path(self.database_template).is_file():
             raise MirrorError(f"database template not found: {self.database_template}")
+
+
+def check_vocab_tree(path: Path) -> None:
+    """MirrorError before any work when `path` is missing or not a tree pycolmap can read (e.g. COLMAP < 3.12's
+    format, which COLMAP's own reader aborts on)."""
+    if not path.is_file():
+        raise MirrorError(f"vocabulary tree not found: {path}")
+    try:
+        pycolmap.VisualIndex.read(str(path))
+    except Exception as exc:  # pycolmap raises RuntimeError / ValueError for unreadable or old-format files
+        raise MirrorError(
+            f"cannot read vocabulary tree {path} ({_first_line(exc)}): it needs COLMAP >= 3.12's format; "
+            "build one with 'mirror_sfm vocabtree build' (or COLMAP >= 3.12's vocab_tree_builder)"
+        ) from None
 
 
 def _check_choice(name: str, value: str, choices: Iterable[str]) -> None:
@@ -164,9 +177,12 @@ def _unreadable_reason(path: Path) -> str | None:
 
 
 def database_images(database: Path) -> dict[str, int]:
-    """Map image name -> image id for the images in a COLMAP database."""
-    with pycolmap.Database.open(str(database)) as db:
-        return {img.name: img.image_id for img in db.read_all_images()}
+    """Map image name -> image id for the images in a COLMAP database (read-only: an older COLMAP's database is
+    not migrated by looking at it)."""
+    from .database_reader import FeatureDatabase
+
+    with FeatureDatabase(database) as db:
+        return {name: image_id for name, (image_id, _) in db.image_ids.items()}
 
 
 def images_with_features(database: Path) -> set[str]:

@@ -187,3 +187,25 @@ def test_merge_databases_prefixes_names(sift_db, tmp_path):
         np.testing.assert_array_equal(src.read_keypoints(original[name]), dst.read_keypoints(names[f"b/{name}"]))
     with pytest.raises(MirrorError, match="no databases"):
         merge_databases([], tmp_path / "none.db")
+
+
+def test_old_or_corrupt_vocab_tree_is_refused_before_any_work(tmp_path):
+    old = tmp_path / "vocab_tree_flickr100K_words32K.bin"  # COLMAP < 3.12's format is not a VisualIndex file
+    old.write_bytes(b"\x00\x01\x02\x03" * 4096)
+    out = tmp_path / "out"
+    with pytest.raises(MirrorError, match="COLMAP >= 3.12's format"):
+        reconstruct(FIXTURE, out, ReconstructionOptions(pairs="vocabtree", vocab_tree=old))
+    assert not out.exists()
+
+
+def test_name_check_does_not_touch_the_database(sift_db, tmp_path):
+    import hashlib
+
+    from mirror_sfm.colmap import database_images
+
+    copy = tmp_path / "db.db"
+    shutil.copyfile(sift_db, copy)
+    before = hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert len(database_images(copy)) == NUM_IMAGES
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.db"]
