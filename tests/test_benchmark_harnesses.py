@@ -302,3 +302,21 @@ def test_overlap_map_verified_retrieval(tmp_path):
         names = [f"s{i}/{n}" for i in (1, 2) for n in NAMES] if extra else NAMES
         ranked = omap.rankings_from_pairs(out / f"pairs-{key}.txt", names)
         assert sorted(ranked) == sorted(names) and all(len(v) == 3 and q not in v for q, v in ranked.items())
+
+
+def test_overlap_suite_folds_and_table(tmp_path):
+    suite = _load("overlap_suite")
+    a, b = suite.folds(["alexander", "banana", "statue_of_liberty", "statue_of_liberty_40", "skull"])
+    assert {"statue_of_liberty", "statue_of_liberty_40"} <= set(a) or {"statue_of_liberty",
+                                                                       "statue_of_liberty_40"} <= set(b)
+    assert not set(a) & set(b) and len(a) + len(b) == 5 and a and b
+    root = tmp_path / "labels"
+    s1 = write_gt(root / "s1")
+    (root / "s1" / "images").symlink_to(FIXTURE)  # --image-root ROOT/<scene>/images
+    out = tmp_path / "suite"
+    assert suite.main([str(s1), "--image-root", str(root), "--out", str(out), "--methods", "cnn", "verified@2",
+                       "--weights", "imagenet", "--max-num-features", "512", "--max-image-size", "320"]) == 0
+    text = (out / "suite.md").read_text()
+    assert "| s1 | 4 |" in text and "CO ≥ 0.5" in text and "CT ≥ 0.2" in text
+    ct = json.loads((out / "verified@2" / "ct" / "overlap_map.json").read_text())
+    assert ct["positives"].startswith("symmetric CT")
