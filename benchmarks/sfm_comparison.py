@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -173,11 +174,41 @@ def shared_features(image_dir: Path, names: list[str] | None, out: Path, args: a
     if timing_path.exists() and (base / DATABASE_NAME).exists():
         return base / DATABASE_NAME, json.loads(timing_path.read_text())["sift_s"]
     _, readable, skipped = list_usable_images(image_dir, names)
+    if args.features_from:  # e.g. a label's exhaustive reconstruction: same SIFT settings, extracted once
+        return seed_features(Path(args.features_from), base, readable, skipped, args)
     logger.info("SIFT for %d images of %s (shared by all methods)", len(readable), image_dir)
     database, seconds, _ = prepare_database(base, image_dir, readable, base_options(args))
     write_text_atomic(timing_path, json.dumps({"sift_s": round(seconds, 3), "images": len(readable) + len(skipped),
                                                "skipped": skipped}, indent=2) + "\n")
     return database, round(seconds, 3)
+
+
+def seed_features(source: Path, base: Path, readable: list[str], skipped: list[str],
+                  args: argparse.Namespace) -> tuple[Path, float]:
+    """The shared database from another run's (its matches dropped); its SIFT time is that run's stats.json's."""
+    from mirror_sfm.colmap import FEATURES_SIDECAR, clear_matches, database_images
+
+    run = source.parent
+    sidecar = run / FEATURES_SIDECAR
+    if not source.is_file() or not sidecar.is_file():
+        raise MirrorError(f"--features-from {source}: needs a reconstruct database with its {FEATURES_SIDECAR} beside it")
+    want = {"max_image_size": args.max_image_size, "max_num_features": args.max_num_features,
+            "camera_mode": args.camera_mode}
+    if json.loads(sidecar.read_text()) != want:
+        raise MirrorError(f"--features-from {source}: made with other SIFT settings "
+                          f"({json.dumps(json.loads(sidecar.read_text()))})")
+    if set(database_images(source)) != set(readable):
+        raise MirrorError(f"--features-from {source}: holds other images than the readable images of this scene")
+    base.mkdir(parents=True, exist_ok=True)
+    with atomic_path(base / DATABASE_NAME) as tmp:
+        shutil.copyfile(source, tmp)
+        clear_matches(tmp)
+    shutil.copyfile(sidecar, base / FEATURES_SIDECAR)
+    stats = run / "stats.json"
+    sift_s = json.loads(stats.read_text())["time_s"]["features"] if stats.is_file() else 0.0
+    write_text_atomic(base / "timing.json", json.dumps({"sift_s": sift_s, "images": len(readable) + len(skipped),
+                                                        "skipped": skipped, "from": str(source)}, indent=2) + "\n")
+    return base / DATABASE_NAME, sift_s
 
 
 def _inside(a: Path, b: Path) -> bool:
@@ -473,6 +504,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-matched", type=int, default=20, help="default K for retrieval and vocab tree")
     p.add_argument("--sequential-overlap", type=int, default=10, help="default W for sequential")
     p.add_argument("--repeats", type=int, default=1, help="map each method's matches R times (seeds 0..R-1)")
+    p.add_argument("--features-from", type=Path, metavar="DB",
+                   help="start the shared SIFT from this reconstruct database (same SIFT settings; e.g. a label's "
+                        "reconstruction/database.db) instead of extracting it")
     g = p.add_argument_group("vocabulary tree (never trained on the evaluated scene)")
     g.add_argument("--vocab-tree", type=Path, help="tree file from 'mirror_sfm vocabtree build'")
     g.add_argument("--vocab-images", type=Path, nargs="+", help="build the tree from these image folders")

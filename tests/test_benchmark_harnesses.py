@@ -320,3 +320,21 @@ def test_overlap_suite_folds_and_table(tmp_path):
     assert "| s1 | 4 |" in text and "CO ≥ 0.5" in text and "CT ≥ 0.2" in text
     ct = json.loads((out / "verified@2" / "ct" / "overlap_map.json").read_text())
     assert ct["positives"].startswith("symmetric CT")
+
+
+def test_sfm_comparison_features_from_another_run(tmp_path, capsys):
+    from mirror_sfm.colmap import ReconstructionOptions, reconstruct
+
+    first = tmp_path / "first"
+    stats = reconstruct(FIXTURE, first, ReconstructionOptions(pairs="sequential", sequential_overlap=2,
+                                                              max_num_features=1024, max_image_size=800))
+    out = tmp_path / "out"
+    base = [str(FIXTURE), "--methods", "retrieval@3", "--weights", "imagenet",
+            "--max-image-size", "800", "--features-from", str(first / "database.db")]
+    assert sfm.main(base + ["--out", str(tmp_path / "bad"), "--max-num-features", "2048"]) == 0
+    (bad,) = json.loads((tmp_path / "bad" / "results.json").read_text())
+    assert "other SIFT settings" in bad["error"]  # refused, nothing extracted
+    assert sfm.main(base + ["--out", str(out), "--max-num-features", "1024"]) == 0
+    (rec,) = json.loads((out / "results.json").read_text())
+    assert rec["sift_shared_s"] == stats["time_s"]["features"] and rec["registered"] >= 10
+    assert rec["pairs_to_match"] <= 36  # the source's sequential matches were dropped
