@@ -292,6 +292,8 @@ def method_label(args: argparse.Namespace) -> str:
                     if args.verify == "sift" else "")
         return f"retrieval (weights {args.weights}, rerank {args.rerank}, resize {args.resize}{verified})"
     verified = f", top {args.sv_candidates} verified" if args.sv_candidates else ""
+    if args.sv_candidates and args.sv_features > 0:
+        verified += f" with {args.sv_features} features"
     return f"vocabtree ({args.vocab_tree}{verified})"
 
 
@@ -346,6 +348,7 @@ def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
                 if args.sv_candidates > 0:  # COLMAP verifies the top N by geometry and re-ranks them by inliers
                     pairing.num_images = max(args.sv_candidates, depth + 1)
                     pairing.num_images_after_verification = depth + 1
+                    pairing.max_num_features = args.sv_features
                 queries = {f"{s.name}/{n}" if pooled else n for s in tree_scenes for n in s.names}
                 if len(queries) < len(by_id):  # only these queries (the tree still indexes every image)
                     match_list = database.parent / f"queries-{tree.stem}.txt"
@@ -595,6 +598,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--sv-candidates", type=int, default=0,
                    help="spatially verify the tree's top N and re-rank them by inliers (COLMAP's "
                         "num_images_after_verification; 0 = plain tree)")
+    g.add_argument("--sv-features", type=int, default=-1,
+                   help="features per image used by the spatial verification, largest scale first "
+                        "(VocabTreePairingOptions.max_num_features; -1 = all, COLMAP's default)")
     g.add_argument("--max-num-features", type=int, default=2048,
                    help="SIFT per image (default %(default)s keeps a CPU run of a ~100-image scene under 30 min; "
                         "COLMAP's own default is 8192)")

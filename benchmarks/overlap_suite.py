@@ -7,7 +7,8 @@ Methods (each an `overlap_map.py` run over all the given scenes, per scene, neve
   prmac          CNN + PR-MAC re-ranking (`pairs --verify none`, the fast mode)
   verified@N     CNN + PR-MAC, top N re-ranked by SIFT inliers (`pairs`' default at N = 30)
   vocabtree      COLMAP's vocab tree, a tree never trained on the scene (two folds, below)
-  vocabtree-sv   the same, top 100 spatially verified (COLMAP's num_images_after_verification)
+  vocabtree-sv   the same, top 100 spatially verified (COLMAP's num_images_after_verification), all features
+  vocabtree-sv@F the same with the first F features per image (F = 1024: the features verified@N uses)
 Two vocabulary trees (4,096 words) are trained on the SIFT of two halves of the scenes (scenes sharing photos, like
 statue_of_liberty and its 40-photo subset, stay in one half); each scene is ranked by the other half's tree.
 SIFT is extracted once per scene (2,048 features, 1,600 px, OUT/work/sift-<scene>; a label folder's own
@@ -97,8 +98,10 @@ def run(method: str, labels: list[Path], args: argparse.Namespace, template: Pat
                  "--verify-shortlist", method.split("@")[1], "--verify-features", str(args.verify_features)]
     else:
         extra = ["--method", "vocabtree", "--vocab-tree", str(template)]
-        if method == "vocabtree-sv":
+        if method.startswith("vocabtree-sv"):
             extra += ["--sv-candidates", "100"]
+        if method.startswith("vocabtree-sv@"):  # vocabtree-sv@F: verification with the first F features
+            extra += ["--sv-features", method.split("@")[1]]
     if not (out / "co" / "overlap_map.json").exists():
         if overlap_map.main(common + extra + ["--out", str(out / "co"), "--name", method]) != 0:
             raise SystemExit(f"{method} failed")
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-root", type=Path, required=True, help="ROOT/<scene>/images")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--methods", nargs="+",
-                   default=["cnn", "prmac", "verified@20", "verified@30", "verified@50", "vocabtree", "vocabtree-sv"])
+                   default=["cnn", "prmac", "verified@20", "verified@30", "verified@50", "vocabtree", "vocabtree-sv",
+                            "vocabtree-sv@1024"])
     p.add_argument("--weights", default="default")
     p.add_argument("--verify-features", type=int, default=1024)
     p.add_argument("--max-num-features", type=int, default=2048)
