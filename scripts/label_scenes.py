@@ -13,13 +13,16 @@ common_track.txt, mesh_overlap.txt, mask.bin}, masks/*.png (per positive pair, -
   paths (seeds, box counts, overlaps, jitter, focal lengths and image sizes vary), labelled with the true model
   and mesh. Aerial and street paths give strong and weak positives; orbits see the whole scene from every view,
   so they give strong positives only (viewpoint variety).
-- **Real** (../shared/data/scenes/<scene>/images): the sparse model is, in order, ``--sparse SCENE=DIR``, the
+- **Real**: every folder under ``--data`` (default ../shared/data/scenes), each with images/; ``--scenes`` picks
+  some and sets their order (smallest first finishes the most scenes in a given time). The sparse model is, in order, ``--sparse SCENE=DIR``, the
   scene's own ``sparse/``, the largest exhaustive model under ``--models-from`` (the reconstruction benchmark's
   outputs), else a reconstruction made here (exhaustive pairs, 2,048 SIFT). Mesh: ``gtgen mesh`` of the sparse
   model, or for mold_gold_cape its photogrammetry mesh aligned by ``gtgen align``.
 
 Resumable: a scene whose triplets.json exists is skipped (its row comes from label_stats.json) unless --force.
-Ends with a summary table (also ROOT/summary.md and ROOT/summary.json). Exit status 1 if a scene failed.
+A scene that fails (any error: no images, no model, meshing, ...) gets a row with its error and the run goes on to
+the next one. ROOT/summary.md and ROOT/summary.json are rewritten after every scene (so a run that is still going
+shows what is done); the table is printed at the end. Exit status 1 if a scene failed.
 """
 from __future__ import annotations
 
@@ -51,8 +54,6 @@ from mirror_sfm.io_utils import write_text_atomic  # noqa: E402
 logger = logging.getLogger("label_scenes")
 
 STATS_NAME = "label_stats.json"
-REAL_SCENES = ("alexander", "ethiopian_head", "mary_rose", "mold_gold_cape", "statue_of_liberty",
-               "statue_of_liberty_40")
 ALIGNED_MESHES = {"mold_gold_cape": "mesh/moldCape.obj"}   # provided meshes in their own frame: aligned, not made
 
 
@@ -145,10 +146,14 @@ def count_faces(mesh_path: Path) -> int:
 
 def label_row(scene: str, kind: str, images: int, result, faces: int, seconds: float) -> dict:
     """Summary numbers of one labelled scene (also written to its label_stats.json)."""
+    from gtgen.ratios import symmetric_ratios
+
     co_pairs = sp.triu(result.co, k=1).tocsr()
+    ct_pairs = sp.triu(symmetric_ratios(result.scene.ct), k=1).tocsr()
     return {
         "scene": scene, "kind": kind, "images": images, "registered": len(result.scene.registered),
-        "triangles": faces, "pairs_co_ge_0.5": int((co_pairs.data >= 0.5).sum()),
+        "triangles": faces, "pairs_ct_ge_0.2": int((ct_pairs.data >= 0.2).sum()),
+        "pairs_co_ge_0.5": int((co_pairs.data >= 0.5).sum()),
         "anchors": len(result.anchors),
         "anchors_strong": sum(1 for a in result.anchors if a.strong),
         "anchors_weak": sum(1 for a in result.anchors if a.weak),
@@ -204,6 +209,24 @@ def label_synthetic(name: str, spec: SynthSpec, out: Path, options: LabelOptions
 
 
 # ----------------------------------------------------------------------------- real scenes
+
+def real_scenes(data: Path) -> list[str]:
+    """Every scene folder under `data` (not hidden), by name; one without images/ is kept (it fails, reported)."""
+    if not data.is_dir():
+        return []
+    return sorted(d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def reconstruction_stats(out: Path) -> dict:
+    """Numbers of a reconstruction made here (empty if the model came from elsewhere)."""
+    path = out / "reconstruction" / "stats.json"
+    if not path.is_file():
+        return {}
+    stats = json.loads(path.read_text())
+    return {"recon_registered": stats.get("registered"), "recon_registered_any_model": stats.get("registered_any_model"),
+            "recon_models": stats.get("num_models"), "recon_verified_pairs": stats.get("verified_pairs"),
+            "recon_points": stats.get("sparse_points"), "recon_time_s": (stats.get("time_s") or {}).get("total")}
+
 
 def _is_model(path: Path) -> bool:
     return all((path / f"{n}.bin").is_file() or (path / f"{n}.txt").is_file() for n in ("cameras", "images"))
@@ -300,22 +323,26 @@ def label_real(scene: str, scene_dir: Path, out: Path, options: LabelOptions, gi
     clear_masks(out)
     result = compute_overlap(sparse, mesh_path, out, overlap_options(options, real=True), images_dir=images)
     row = label_row(scene, "real", len(list_images(images)), result, count_faces(mesh_path), time.perf_counter() - t0)
-    return finish(out, row, sparse=str(sparse), sparse_source=source, mesh=how)
+    extra = reconstruction_stats(out) if source == "reconstructed" else {}
+    return finish(out, row, sparse=str(sparse), sparse_source=source, mesh=how, **extra)
 
 
 # ----------------------------------------------------------------------------- driver
 
 def summary_table(rows: list[dict]) -> str:
-    lines = ["| scene | images | registered | triangles | pairs CO≥0.5 | anchors (strong / weak / both) | time (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| scene | images | registered | triangles | pairs CT≥0.2 | pairs CO≥0.5 | anchors (strong / weak / both) "
+             "| time (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['scene']} | failed: {r['error']} | | | | | |")
-            continue
-        g = lambda k: r.get(k, "–")  # noqa: E731
+        g = lambda k: "–" if r.get(k) is None else r[k]  # noqa: E731
         t = f"{r['time_s']:.1f}" if isinstance(r.get("time_s"), (int, float)) else "–"
-        lines.append(f"| {r['scene']} | {g('images')} | {g('registered')} | {g('triangles')} | {g('pairs_co_ge_0.5')} "
-                     f"| {g('anchors')} ({g('anchors_strong')} / {g('anchors_weak')} / {g('anchors_both')}) | {t} |")
+        if "error" in r:
+            error = " ".join(str(r["error"]).split()).replace("|", "/")
+            lines.append(f"| {r['scene']} | {g('images')} | failed: {error} | | | | | {t} |")
+            continue
+        lines.append(f"| {r['scene']} | {g('images')} | {g('registered')} | {g('triangles')} | {g('pairs_ct_ge_0.2')} "
+                     f"| {g('pairs_co_ge_0.5')} | {g('anchors')} ({g('anchors_strong')} / {g('anchors_weak')} / "
+                     f"{g('anchors_both')}) | {t} |")
     return "\n".join(lines)
 
 
@@ -324,8 +351,26 @@ def merged_summary(path: Path, rows: list[dict]) -> list[dict]:
     old = json.loads(path.read_text()) if path.is_file() else []
     by_scene = {r["scene"]: r for r in old}
     by_scene.update({r["scene"]: r for r in rows})
-    real = set(REAL_SCENES)
-    return sorted(by_scene.values(), key=lambda r: (r["scene"] in real, r["scene"]))
+    return sorted(by_scene.values(), key=lambda r: (not r["scene"].startswith("synth_"), r["scene"]))
+
+
+def write_summary(root: Path, rows: list[dict]) -> None:
+    everything = merged_summary(root / "summary.json", rows)
+    write_text_atomic(root / "summary.json", json.dumps(everything, indent=2) + "\n")
+    write_text_atomic(root / "summary.md", summary_table(everything) + "\n")
+
+
+def count_images(images: Path) -> int | None:
+    try:
+        from mirror_sfm.images import list_images
+
+        return len(list_images(images))
+    except Exception:  # noqa: BLE001 - only for the row of a failed scene
+        return None
+
+
+def unknown_scene(scene: str, data: Path) -> dict:
+    raise MirrorError(f"no such scene (not a synthetic scene of this run, no folder {data / scene})")
 
 
 def _sparse_arg(text: str) -> tuple[str, Path]:
@@ -352,14 +397,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", type=Path, default=REPO / "outputs" / "labels", help="output root (default outputs/labels)")
     p.add_argument("--only", choices=["all", "synthetic", "real"], default="all")
-    p.add_argument("--scenes", nargs="+", metavar="NAME", help="only these scenes (names as in the summary)")
+    p.add_argument("--scenes", nargs="+", metavar="NAME",
+                   help="only these scenes, in this order (names as in the summary); an unknown name is a failed row")
     p.add_argument("--force", action="store_true", help="redo scenes whose triplets.json exists (and their meshes)")
     p.add_argument("--synthetic", type=int, default=len(synthetic_specs()), metavar="N",
                    help="number of synthetic scenes (default all %(default)s)")
     p.add_argument("--views", type=int, help="override the views per synthetic scene (e.g. tiny test runs)")
     p.add_argument("--size", type=_size_arg, metavar="WxH", help="override the synthetic image size")
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "scenes",
-                   help="real scenes, each with images/ (default ../shared/data/scenes)")
+                   help="real scenes: every folder here, each with images/ (default ../shared/data/scenes)")
     p.add_argument("--sparse", type=_sparse_arg, action="append", default=[], metavar="SCENE=DIR",
                    help="use this COLMAP model for a real scene (a model folder, or one of numbered models)")
     p.add_argument("--models-from", type=Path, default=REPO / "outputs" / "bench_reconstruct",
@@ -390,14 +436,15 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append((name, lambda name=name, spec=spec: label_synthetic(
                 name, spec, args.root / name, options, args.views, args.size)))
     if args.only in ("all", "real"):
-        for scene in REAL_SCENES:
-            if (args.data / scene / "images").is_dir():
-                jobs.append((scene, lambda scene=scene: label_real(scene, args.data / scene, args.root / scene, options,
-                                                                   given, args.models_from)))
-            elif args.scenes and scene in args.scenes:
-                logger.error("[%s] no images under %s", scene, args.data / scene)
+        found = real_scenes(args.data)
+        if not found:
+            logger.error("no scene folder under %s", args.data)
+        for scene in found:
+            jobs.append((scene, lambda scene=scene: label_real(scene, args.data / scene, args.root / scene, options,
+                                                               given, args.models_from)))
     if args.scenes:
-        jobs = [j for j in jobs if j[0] in args.scenes]
+        by_name = dict(jobs)
+        jobs = [(s, by_name.get(s, lambda s=s: unknown_scene(s, args.data))) for s in dict.fromkeys(args.scenes)]
     if not jobs:
         print("label_scenes: error: no scene to label", file=sys.stderr)
         return 2
@@ -411,23 +458,30 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("[%s] done before (triplets.json exists): skipped", name)
                 rows.append(row)
                 continue
+            logger.info("[%s] labelling (%d/%d)", name, len(rows) + 1, len(jobs))
+            t0 = time.perf_counter()
             try:
                 row = run()
-            except MirrorError as exc:
-                logger.error("[%s] failed: %s", name, exc)
-                rows.append({"scene": name, "error": str(exc)})
+            except Exception as exc:  # noqa: BLE001 - one scene's failure must not stop the others
+                expected = isinstance(exc, MirrorError)
+                message = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+                logger.error("[%s] failed: %s", name, message, exc_info=not expected)
+                kind = "synthetic" if name.startswith("synth_") else "real"
+                rows.append({"scene": name, "kind": kind, "error": message,
+                             "images": None if kind == "synthetic" else count_images(args.data / name / "images"),
+                             "time_s": round(time.perf_counter() - t0, 1),
+                             **({} if kind == "synthetic" else reconstruction_stats(out))})
                 failed += 1
+                write_summary(args.root, rows)
                 continue
-            logger.info("[%s] %d/%d images registered, %d triangles, %d pairs CO>=0.5, %d anchors (%d with strong, "
-                        "%d with weak, %d both) in %.1f s", name, row["registered"], row["images"], row["triangles"],
-                        row["pairs_co_ge_0.5"], row["anchors"], row["anchors_strong"], row["anchors_weak"],
+            logger.info("[%s] %d/%d images registered, %d triangles, %d pairs CT>=0.2, %d pairs CO>=0.5, %d anchors "
+                        "(%d with strong, %d with weak, %d both) in %.1f s", name, row["registered"], row["images"],
+                        row["triangles"], row["pairs_ct_ge_0.2"], row["pairs_co_ge_0.5"], row["anchors"], row["anchors_strong"], row["anchors_weak"],
                         row["anchors_both"], row["time_s"])
             rows.append(row)
-    table = summary_table(rows)
-    everything = merged_summary(args.root / "summary.json", rows)
-    write_text_atomic(args.root / "summary.json", json.dumps(everything, indent=2) + "\n")
-    write_text_atomic(args.root / "summary.md", summary_table(everything) + "\n")
-    print(table)
+            write_summary(args.root, rows)
+    write_summary(args.root, rows)
+    print(summary_table(rows))
     return 1 if failed else 0
 
 
