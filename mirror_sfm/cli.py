@@ -115,7 +115,9 @@ def cmd_pairs(args) -> None:
 def cmd_whiten(args) -> None:
     from .features_io import read_descriptors
     from .model import load_model, save_weights
+    from .io_utils import check_writable
     from .whitening import fit_pca_whitening
+    check_writable(args.output)
     _, glob, regional = read_descriptors(args.features, regional=True)
     model = load_model(args.weights)
     model.whitening = fit_pca_whitening(regional.reshape(-1, regional.shape[-1]), args.dim)

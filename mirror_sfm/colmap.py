@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pycolmap
-from PIL import Image
 from tqdm import tqdm
 
 from .errors import MirrorError
 from .images import check_names, list_images
-from .io_utils import atomic_path, write_text_atomic
+from .io_utils import atomic_path, check_writable, write_text_atomic
 from .pairs_io import read_pairs
 
 logger = logging.getLogger(__name__)
@@ -530,6 +529,7 @@ def reconstruct(image_dir: Path, out_dir: Path, options: ReconstructionOptions |
     options = options or ReconstructionOptions()
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     options.validate()
+    check_writable(out_dir / "stats.json")
     t_start = time.perf_counter()
     found, names, skipped = list_usable_images(image_dir, options.image_names)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Console plumbing shared by the `mirror_sfm` and `gtgen` commands: logging to stderr, one-line errors."""
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from typing import Callable
@@ -59,4 +60,22 @@ def run_command(prog: str, func: Callable[[], None], interrupted: str) -> int:
     except KeyboardInterrupt:
         _print_line(f"{prog}: interrupted ({interrupted})")
         return 130
+    except OSError as exc:
+        if exc.errno not in _USER_FIXABLE:
+            raise
+        _print_line(f"{prog}: error: {os_error_line(exc)}")
+        return 2
     return 0
+
+
+# File-system faults the user fixes (space, permissions, a read-only disk): one line, never a traceback.
+_USER_FIXABLE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a file-system fault: what failed, on which file, and the fix."""
+    fix = {errno.ENOSPC: "free some space (finished work is kept; run again to resume)",
+           errno.EDQUOT: "free some space (finished work is kept; run again to resume)",
+           errno.EROFS: "choose an output on a writable disk"}.get(exc.errno, "check its permissions")
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"file-system error on{where}: {exc.strerror or exc}; {fix}"

@@ -81,9 +81,27 @@ def load_model(weights: str | Path = "default", backbone: str = DEFAULT_BACKBONE
     if not path.is_file():
         raise MirrorError(f"model weights not found: {path}")
     ckpt = load_torch_file(path, WEIGHTS_FORMAT, "model weights", "weights file")
-    net = build_backbone(ckpt["backbone"], imagenet=False)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+    net = build_backbone(str(ckpt.get("backbone")), imagenet=False)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in (ckpt.get("state_dict") or {}).items()}
+    _check_state_fits(path, ckpt.get("backbone"), net, state)
+    net.load_state_dict(state)
     whitening = Whitening.from_dict(ckpt["whitening"]) if ckpt.get("whitening") else None
+    if whitening is not None and whitening.mean.shape[-1] != net.info.channels:
+        raise MirrorError(f"weights file {path}: its whitening takes {whitening.mean.shape[-1]}-d descriptors but "
+                          f"backbone {ckpt['backbone']} gives {net.info.channels}-d; re-fit it with 'mirror_sfm whiten'")
     meta = dict(ckpt.get("meta") or {})
     meta.setdefault("name", path.stem)
     return RetrievalModel(net, whitening, meta)
+
+
+def _check_state_fits(path: Path, name: str, net: torch.nn.Module, state: dict) -> None:
+    """One clear MirrorError when a weights file's tensors are not those of the backbone it names."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        example = (missing or unexpected or wrong)[0]
+        raise MirrorError(f"weights file {path} does not fit backbone {name} (another architecture?): "
+                          f"{len(missing)} tensors missing, {len(unexpected)} unexpected, {len(wrong)} of another "
+                          f"shape (e.g. {example}); use the weights with the backbone they were trained with")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .colmap import ReconstructionOptions, check_readable, extract_sift
 from .errors import MirrorError
 from .images import list_images
-from .io_utils import atomic_path
+from .io_utils import atomic_path, check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ def build_vocab_tree(
     output = Path(output)
     if num_words < 2:
         raise MirrorError(f"num_words must be >= 2, got {num_words}")
+    check_writable(output)
     max_descriptors = max_descriptors or 64 * num_words
     t0 = time.perf_counter()
     if database is not None:

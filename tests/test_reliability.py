@@ -307,3 +307,69 @@ def test_corrupt_partial_is_started_again(images, imagenet_model, tmp_path, mirr
     assert r.num_extracted == 4 and not partial_path(out).exists()
     assert any("is corrupt" in rec.getMessage() and str(partial_path(out)) in rec.getMessage()
                for rec in mirror_log.records)
+
+
+# ----------------------------------------------------------------------------- weights, outputs of other commands
+
+def test_weights_of_another_architecture_are_one_clear_line(images, imagenet_model, tmp_path, capsys):
+    import torch
+
+    from mirror_sfm.backbones import build_backbone
+    from mirror_sfm.model import RetrievalModel, load_model, save_weights
+
+    weights = tmp_path / "lite1.pt"
+    save_weights(RetrievalModel(build_backbone("efficientnet-lite1", imagenet=False)), weights)
+    ckpt = torch.load(weights, weights_only=False)
+    ckpt["backbone"] = "efficientnet-lite0"  # the name of one architecture, the tensors of another
+    torch.save(ckpt, weights)
+    with pytest.raises(MirrorError, match=r"does not fit backbone efficientnet-lite0 \(another architecture\?\)"):
+        load_model(weights)
+    out = tmp_path / "pairs.txt"
+    assert main(["pairs", str(images), "-o", str(out), "--weights", str(weights), "--verify", "none"]) == 2
+    line = last_error_line(capsys)
+    assert line.startswith("mirror_sfm: error: weights file") and str(weights) in line
+    assert not out.exists()
+
+
+def test_whitening_of_another_dimension_is_refused(tmp_path):
+    from mirror_sfm.model import load_model, save_weights
+    from mirror_sfm.whitening import Whitening
+
+    model = load_model("imagenet")
+    model.whitening = Whitening(np.zeros(64, np.float32), np.eye(16, 64, dtype=np.float32))
+    weights = tmp_path / "w.pt"
+    save_weights(model, weights)
+    with pytest.raises(MirrorError, match="its whitening takes 64-d descriptors"):
+        load_model(weights)
+
+
+def test_whiten_and_vocabtree_outputs_are_checked_before_any_work(images, tmp_path, capsys):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert main(["whiten", "--features", str(tmp_path / "missing.h5"), "-o", str(folder)]) == 2
+    assert "is an existing folder" in last_error_line(capsys)
+    assert main(["vocabtree", "build", str(images), "-o", str(folder), "--words", "16"]) == 2
+    assert "is an existing folder" in last_error_line(capsys)
+    (tmp_path / "file").write_text("x")
+    assert main(["reconstruct", str(images), str(tmp_path / "file" / "run")]) == 2
+    assert "is a file, not a folder" in last_error_line(capsys)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_file_system_faults_are_one_line(tmp_path, capsys):
+    import errno
+
+    from mirror_sfm.console import run_command
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.h5"))
+
+    assert run_command("mirror_sfm", full, "") == 2
+    line = last_error_line(capsys)
+    assert str(tmp_path / "x.h5") in line and "No space left" in line and "free some space" in line
+
+    def bug():
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    with pytest.raises(OSError):  # not a user fault: a traceback, to be reported
+        run_command("mirror_sfm", bug, "")
