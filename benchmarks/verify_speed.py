@@ -10,7 +10,9 @@ Each stage runs in its own process (so its peak RSS is its own) and reports wall
    the default shortlist with the default 1,024 features) — the target is ≤ 0.5× `sift`;
 3. `grid`: verification alone (CNN descriptors cached; the working database made from scratch) for each
    shortlist N and feature count F;
-4. `vocabtree-sv`: COLMAP's vocab tree retrieval + spatial verification of its top 100
+4. `match-full`: matching twice (verify the shortlist at F, then the K kept pairs at all features, as
+   `reconstruct` does) against once (the whole shortlist at all features);
+5. `vocabtree-sv`: COLMAP's vocab tree retrieval + spatial verification of its top 100
    (`num_images_after_verification`) on the same database, with all features (COLMAP's default, the setting
    whose quality RESULTS §7 reports) and with the first F — the target is `pairs` ≤ 0.2× of it.
 Writes OUT/verify_speed.json and OUT/verify_speed.md.
@@ -104,7 +106,30 @@ def stage_vocabtree_sv(a: dict) -> dict:
     return {"seconds": seconds, "per_image_s": seconds / n, "pairs": len(pairs)}
 
 
-STAGES = {"sift": stage_sift, "pairs": stage_pairs, "grid": stage_grid, "vocabtree-sv": stage_vocabtree_sv}
+def stage_match_full(a: dict) -> dict:
+    """Matching twice or once: verify the shortlist at F, then match the K kept pairs at all features (what
+    `reconstruct` does), against matching the whole shortlist at all features (verification that is the matching)."""
+    from mirror_sfm.pairs_io import read_pairs
+    from mirror_sfm.verify import VerifyOptions, verify_pairs
+
+    names, candidates = _candidates(a, a["shortlist"])
+    kept = read_pairs(Path(a["work"]) / "pairs" / "pairs.txt")
+    every = 1 << 20  # more than any image's features: the working database holds them all
+    result = {}
+    for label, pairs, features in (("shortlist_at_f", candidates, a["features"]), ("kept_at_all", kept, every),
+                                   ("shortlist_at_all", candidates, every)):
+        work = Path(a["work"]) / f"match-full-{label}.db"
+        work.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        scores = verify_pairs(a["database"], pairs, VerifyOptions(shortlist=a["shortlist"], num_features=features),
+                              work_database=work)
+        result[label] = {"seconds": time.perf_counter() - t0, "unique_pairs": len(scores)}
+        work.unlink(missing_ok=True)
+    return result
+
+
+STAGES = {"sift": stage_sift, "pairs": stage_pairs, "grid": stage_grid, "vocabtree-sv": stage_vocabtree_sv,
+          "match-full": stage_match_full}
 
 
 def run_stage(name: str, **kwargs) -> dict:
@@ -138,6 +163,19 @@ def markdown(r: dict) -> str:
         cells = [r["grid"][f"{n}x{f}"] for f in r["grid_features"]]
         lines.append(f"| {n} | " + " | ".join(f"{c['per_image_s']:.3f} / {c['per_pair_ms']:.1f} / "
                                                 f"{c['peak_rss_mb']:.0f}" for c in cells) + " |")
+    m = r.get("match_full")
+    if m:
+        twice = m["shortlist_at_f"]["seconds"] + m["kept_at_all"]["seconds"]
+        once = m["shortlist_at_all"]["seconds"]
+        lines += ["", f"Matching twice or once (one process, N={r['shortlist']}, K={r['k']}):", "",
+                  "| step | unique pairs | seconds |", "|---|---:|---:|",
+                  f"| verify the shortlist at F={r['features']} | {m['shortlist_at_f']['unique_pairs']} | "
+                  f"{m['shortlist_at_f']['seconds']:.1f} |",
+                  f"| match + verify the K kept pairs at all features (reconstruct) | "
+                  f"{m['kept_at_all']['unique_pairs']} | {m['kept_at_all']['seconds']:.1f} |",
+                  f"| **twice: both** | | **{twice:.1f}** |",
+                  f"| once: the whole shortlist at all features | {m['shortlist_at_all']['unique_pairs']} | "
+                  f"**{once:.1f}** ({once / twice:.2f}× twice) |"]
     return "\n".join(lines) + "\n"
 
 
@@ -157,13 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features", type=int, default=1024)
     p.add_argument("--grid-shortlists", type=int, nargs="+", default=[20, 30, 50])
     p.add_argument("--grid-features", type=int, nargs="+", default=[512, 1024, 2048])
+    p.add_argument("--only-match-full", action="store_true",
+                   help="run only the match-twice-or-once stage on OUT's database and pairs from an earlier run")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     database = args.out / "database.db"
+    common = {"images": str(args.images), "database": str(database), "work": str(args.out), "k": args.k}
+    if args.only_match_full:
+        r = json.loads((args.out / "verify_speed.json").read_text())
+        r["match_full"] = run_stage("match-full", **common, shortlist=args.shortlist, features=args.features)
+        return _write(args.out, r)
     if database.exists():
         database.unlink()
-    common = {"images": str(args.images), "database": str(database), "work": str(args.out), "k": args.k}
-    r = {"images": str(args.images), "shortlist": args.shortlist, "features": args.features,
+    r = {"images": str(args.images), "shortlist": args.shortlist, "features": args.features, "k": args.k,
          "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only",
          "grid_shortlists": args.grid_shortlists, "grid_features": args.grid_features}
     r["sift"] = run_stage("sift", **common)
@@ -173,8 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     r["vocabtree_sv_f"] = run_stage("vocabtree-sv", **common, tree=str(args.tree), sv_features=args.features)
     r["grid"] = {f"{n}x{f}": run_stage("grid", **common, shortlist=n, features=f)
                  for n in args.grid_shortlists for f in args.grid_features}
-    (args.out / "verify_speed.json").write_text(json.dumps(r, indent=1) + "\n")
-    (args.out / "verify_speed.md").write_text(markdown(r))
+    r["match_full"] = run_stage("match-full", **common, shortlist=args.shortlist, features=args.features)
+    return _write(args.out, r)
+
+
+def _write(out: Path, r: dict) -> int:
+    r.setdefault("k", 20)
+    (out / "verify_speed.json").write_text(json.dumps(r, indent=1) + "\n")
+    (out / "verify_speed.md").write_text(markdown(r))
     print(markdown(r))
     return 0
 
