@@ -105,7 +105,8 @@ def main():
             speed.append((len(imgs), secs))
             print(f"resize {resize}: {s} described, {len(imgs) / secs:.2f} img/s", flush=True)
         ips = sum(n for n, _ in speed) / sum(t for _, t in speed)
-        configs = list(itertools.product(["mac", "gem", "rmac"], ["none", "prmac"], ["none", "database", "other_scenes"], [0]))
+        configs = list(itertools.product(["mac", "gem", "rmac"], ["none", "prmac"],
+                                         ["none", "database", "other_scenes"], [0]))
         configs += [("mac", "prmac", "none", 2), ("mac", "none", "none", 2)]
         for pooling, rerank, whitening, qe in configs:
             if whitening == "other_scenes" and len(scenes) < 2:
@@ -132,7 +133,8 @@ def main():
             rec = {"resize": resize, "pooling": pooling, "rerank": rerank, "whitening": whitening, "qe": qe,
                    "img_per_s": round(ips, 2), "mean_per_scene": mean, "pooled": pooled, "per_scene": per_scene}
             results.append(rec)
-            print(json.dumps({k: rec[k] for k in ("resize", "pooling", "rerank", "whitening", "qe", "mean_per_scene", "pooled")}), flush=True)
+            keys = ("resize", "pooling", "rerank", "whitening", "qe", "mean_per_scene", "pooled")
+            print(json.dumps({k: rec[k] for k in keys}), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))
 

@@ -16,7 +16,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,13 +110,16 @@ def main():
                              "peak_rss_mb": round(r["peak_mb"]), "over_base_mb": round(r["peak_mb"] - r["base_mb"]),
                              "result": r["out"]})
                 print(json.dumps(rows[-1]), flush=True)
-    record = {"rows": rows, "resize": args.resize, "repeats": args.repeats, "cpu": platform.processor() or platform.machine(),
-              "cores": os.cpu_count(), "python": platform.python_version()}
+    record = {"rows": rows, "resize": args.resize, "repeats": args.repeats,
+              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+              "python": platform.python_version()}
     (args.out / "decode_memory.json").write_text(json.dumps(record, indent=1))
-    lines = [f"| image | mode | time (median of {args.repeats}) | peak RSS | over baseline |", "|---|---|---:|---:|---:|"]
+    lines = [f"| image | mode | time (median of {args.repeats}) | peak RSS | over baseline |",
+             "|---|---|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['megapixels']:g} MP ({r['width']}×{r['height']}, {r['file_mb']:g} MB) | {MODES[r['mode']]} | "
-                     f"{r['median_s']:.3f} s | {r['peak_rss_mb']} MB | +{r['over_base_mb']} MB |")
+        lines.append(f"| {r['megapixels']:g} MP ({r['width']}×{r['height']}, {r['file_mb']:g} MB) "
+                     f"| {MODES[r['mode']]} | {r['median_s']:.3f} s | {r['peak_rss_mb']} MB "
+                     f"| +{r['over_base_mb']} MB |")
     (args.out / "decode_memory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -49,7 +49,8 @@ def spread(scenes: list[Path], weights: str) -> list[dict]:
             s, c = sim[iu], co[iu]
             pos, neg = s[c >= 0.5], s[c < 0.05]
             auc = mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)) if len(pos) and len(neg) else float("nan")
-            rows.append({"weights": weights, "scene": scene.name, "pos_pairs": int(len(pos)), "neg_pairs": int(len(neg)),
+            rows.append({"weights": weights, "scene": scene.name, "pos_pairs": int(len(pos)),
+                         "neg_pairs": int(len(neg)),
                          "cos_pos": float(pos.mean()) if len(pos) else float("nan"),
                          "cos_neg_same_scene": float(neg.mean()) if len(neg) else float("nan"), "auc": float(auc)})
     cross = [float((a @ b.T).mean()) for i, a in enumerate(descs) for b in descs[i + 1:]]

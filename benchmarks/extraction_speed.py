@@ -6,8 +6,8 @@ Usage: python benchmarks/extraction_speed.py [IMAGES] [--resize 512 1024] [--rep
 """
 import argparse
 import json
-import platform
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -43,7 +43,8 @@ def main():
     for row in rows:
         print(json.dumps(row))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "rows": rows}, indent=1))
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

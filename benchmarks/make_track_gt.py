@@ -16,7 +16,8 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--root", type=Path, default=Path("../shared/data/scenes"))
 ap.add_argument("--out", type=Path, default=Path("outputs/track_gt"))
 ap.add_argument("--scenes", nargs="*")
-ap.add_argument("--max-features", type=int, default=2048, help="SIFT features per image (CPU matching cost grows with its square)")
+ap.add_argument("--max-features", type=int, default=2048,
+                help="SIFT features per image (CPU matching cost grows with its square)")
 args = ap.parse_args()
 for scene in sorted(p for p in args.root.iterdir() if (p / "images").is_dir()):
     if args.scenes and scene.name not in args.scenes:

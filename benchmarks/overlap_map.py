@@ -303,7 +303,8 @@ def vocab_tree_for(args: argparse.Namespace, scene: str) -> Path:
         raise MirrorError("--method vocabtree needs --vocab-tree FILE (or a template with {scene})")
     path = Path(str(args.vocab_tree).replace("{scene}", scene))
     if not path.is_file():
-        raise MirrorError(f"vocab tree not found: {path} (for scene {scene}; build it with 'mirror_sfm vocabtree build')")
+        raise MirrorError(f"vocab tree not found: {path} (for scene {scene}; build it with "
+                          "'mirror_sfm vocabtree build')")
     return path
 
 
@@ -388,8 +389,9 @@ def mean_pr_curve(rankings: dict[str, list[str]], gt: dict[str, set[str]], queri
 def markdown(result: dict) -> str:
     ks = result["ks"]
     head = " | ".join(f"mAP@{k} (mirror) | AP@{k}" for k in ks)
+    database = "pooled database" if result["pooled"] else "each scene searched alone"
     lines = [f"## {result['name']}", "",
-             f"Positives: {result['positives']}; {'pooled database' if result['pooled'] else 'each scene searched alone'}.",
+             f"Positives: {result['positives']}; {database}.",
              "", f"| scene | images | queries | empty GT | {head} |",
              "|---|---:|---:|---:|" + "---:|" * (2 * len(ks))]
     rows = list(result["scenes"].items()) + [("**all queries**", result["overall"])]
@@ -502,8 +504,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.pairs:
         expected = 1 if args.pooled else len(scenes)
         if len(args.pairs) != expected:
-            raise MirrorError(f"--pairs takes {expected} file(s) here ({'one, names <scene>/<name>' if args.pooled else 'one per --gt'}),"
-                              f" got {len(args.pairs)}")
+            which = "one, names <scene>/<name>" if args.pooled else "one per --gt"
+            raise MirrorError(f"--pairs takes {expected} file(s) here ({which}), got {len(args.pairs)}")
         rankings = {db.name: rankings_from_pairs(p, db.names) for db, p in zip(databases, args.pairs)}
         name = args.name or ", ".join(str(p) for p in args.pairs)
     else:

@@ -108,10 +108,12 @@ def run(args: argparse.Namespace, traced: bool, queue) -> None:
     step("mask_png", lambda: state.update(png=pair_masks(maps, state["incidence"], state["pos"],
                                                          MaskOptions((args.png_size, args.png_size)))))
     inc, co = state["incidence"], state["co"]
-    counts = {"triangles_per_camera": float(np.diff(inc.indptr).mean()), "tracks_per_camera": float(np.mean([len(t) for t in tracks])),
+    counts = {"triangles_per_camera": float(np.diff(inc.indptr).mean()),
+              "tracks_per_camera": float(np.mean([len(t) for t in tracks])),
               "incidence_nnz": int(inc.nnz), "mo_nnz": int(state["mo"].nnz), "ct_nnz": int(state["ct"].nnz),
               "co_pairs": int(sp.triu(co, 1).nnz), "co_pairs_ge_0.5": int((sp.triu(co, 1).tocsr().data >= 0.5).sum()),
-              "mask_bin_pairs": len(state["pairs"]), "positive_pairs": len(state["pos"]), "anchors": len(state["anchors"])}
+              "mask_bin_pairs": len(state["pairs"]), "positive_pairs": len(state["pos"]),
+              "anchors": len(state["anchors"])}
     queue.put({"traced": traced, **info, "steps": steps, "total_s": round(sum(s["seconds"] for s in steps.values()), 2),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **counts})
 

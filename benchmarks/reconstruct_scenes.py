@@ -132,7 +132,8 @@ def markdown(records: list[dict]) -> str:
             lines.append(
                 f"| {r['method']} | {r['pairs_to_match']} | {r['verified_pairs']} | {r['registered']} / {r['images']} "
                 f"| {r['num_models']} | {r['sparse_points']} | {r['observations']} | {r['mean_track_length']:.2f} "
-                f"| {r['mean_reprojection_error']:.3f} | {t:.1f} | {_ratio(r['pairs_to_match'], exh and exh['pairs_to_match'])} "
+                f"| {r['mean_reprojection_error']:.3f} | {t:.1f} "
+                f"| {_ratio(r['pairs_to_match'], exh and exh['pairs_to_match'])} "
                 f"| {_ratio(t, exh and _pipeline_s(exh))} |"
             )
         lines.append("")

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def run(n: int, dim: int, k: int, exact_max: int, queue) -> None:
     import numpy as np
+
     from mirror_sfm.retrieval import RetrievalOptions, retrieve
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, dim)).astype(np.float32)

@@ -46,7 +46,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mirror_sfm.colmap import (  # noqa: E402
-    DATABASE_NAME, ReconstructionOptions, list_usable_images, prepare_database, reconstruct,
+    DATABASE_NAME,
+    ReconstructionOptions,
+    list_usable_images,
+    prepare_database,
+    reconstruct,
 )
 from mirror_sfm.console import run_command  # noqa: E402
 from mirror_sfm.errors import MirrorError  # noqa: E402
@@ -167,7 +171,8 @@ def base_options(args: argparse.Namespace, **kw) -> ReconstructionOptions:
     )
 
 
-def shared_features(image_dir: Path, names: list[str] | None, out: Path, args: argparse.Namespace) -> tuple[Path, float]:
+def shared_features(image_dir: Path, names: list[str] | None, out: Path, args: argparse.Namespace
+                    ) -> tuple[Path, float]:
     """SIFT for the scene, once (resumable): (database, seconds of the extraction that made it)."""
     base = out / "features"
     timing_path = base / "timing.json"
@@ -191,7 +196,8 @@ def seed_features(source: Path, base: Path, readable: list[str], skipped: list[s
     run = source.parent
     sidecar = run / FEATURES_SIDECAR
     if not source.is_file() or not sidecar.is_file():
-        raise MirrorError(f"--features-from {source}: needs a reconstruct database with its {FEATURES_SIDECAR} beside it")
+        raise MirrorError(f"--features-from {source}: needs a reconstruct database with its {FEATURES_SIDECAR} "
+                          "beside it")
     want = {"max_image_size": args.max_image_size, "max_num_features": args.max_num_features,
             "camera_mode": args.camera_mode}
     if json.loads(sidecar.read_text()) != want:
@@ -376,7 +382,8 @@ def run_method(method: Method, image_dir: Path, names: list[str] | None, out: Pa
             "sift_shared_s": sift_s, "method_s": method_s, "total_with_sift_s": round(method_s + sift_s, 3)}
 
 
-def repeat_mapping(run_dir: Path, image_dir: Path, opts: ReconstructionOptions, first: dict, repeats: int) -> list[dict]:
+def repeat_mapping(run_dir: Path, image_dir: Path, opts: ReconstructionOptions, first: dict, repeats: int
+                   ) -> list[dict]:
     """Map the method's matches again with seeds 1..repeats-1 (the first run used seed 0); one row per run."""
     from mirror_sfm.colmap import model_stats, run_mapping
 
@@ -430,7 +437,8 @@ def markdown(records: list[dict], title: str) -> str:
         k = r.get("num_matched") or r.get("window")
         lines.append(
             f"| {r['method']} | {_fmt(k)} | {r['images']} | {_registered(r)} | {r['pairs_to_match']} "
-            f"| {r['verified_pairs']} | {r['sparse_points']} | {r['observations']} | {_fmt(r['mean_track_length'], '.2f')} "
+            f"| {r['verified_pairs']} | {r['sparse_points']} | {r['observations']} "
+            f"| {_fmt(r['mean_track_length'], '.2f')} "
             f"| {_fmt(r['mean_reprojection_error'], '.3f')} | {t['pairs']:.1f} | {t['matching']:.1f} "
             f"| {t['mapping']:.1f} | {r['method_s']:.1f} |"
         )
@@ -458,7 +466,8 @@ def bar_chart(records: list[dict], path: Path, title: str) -> None:
     x = range(len(ok))
     fig, axes = plt.subplots(1, 4, figsize=(4 + 2.2 * len(ok), 4), squeeze=False)
     axes = axes[0]
-    panels = [("registered images", [r["registered"] for r in ok]), ("pairs to match", [r["pairs_to_match"] for r in ok]),
+    panels = [("registered images", [r["registered"] for r in ok]),
+              ("pairs to match", [r["pairs_to_match"] for r in ok]),
               ("sparse points", [r["sparse_points"] for r in ok])]
     for ax, (label, values) in zip(axes, panels):
         bars = ax.bar(x, values, color="tab:blue")

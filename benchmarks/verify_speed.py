@@ -83,8 +83,8 @@ def stage_grid(a: dict) -> dict:
     t0 = time.perf_counter()
     work = Path(a["work"]) / f"grid-{a['shortlist']}x{a['features']}.db"
     work.unlink(missing_ok=True)
-    scores = verify_pairs(a["database"], candidates, VerifyOptions(shortlist=a["shortlist"], num_features=a["features"]),
-                          work_database=work)
+    options = VerifyOptions(shortlist=a["shortlist"], num_features=a["features"])
+    scores = verify_pairs(a["database"], candidates, options, work_database=work)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "per_image_s": seconds / len(names), "unique_pairs": len(scores),
             "per_pair_ms": 1000 * seconds / max(1, len(scores)), "passed": sum(1 for v in scores.values() if v)}
@@ -156,7 +156,9 @@ def markdown(r: dict) -> str:
              f"{v / r['num_images']:.3f} | {r['vocabtree_sv']['peak_rss_mb']:.0f} | pairs = **{p / v:.2f}×** |",
              f"| vocab tree + spatial verification (top 100, F={r['features']}) | {vf:.1f} | "
              f"{vf / r['num_images']:.3f} | {r['vocabtree_sv_f']['peak_rss_mb']:.0f} | pairs = **{p / vf:.2f}×** |",
-             "", "Verification alone (CNN descriptors cached), seconds per image / ms per unique pair / peak RSS MB:", "",
+             "",
+             "Verification alone (CNN descriptors cached), seconds per image / ms per unique pair / peak RSS MB:",
+             "",
              "| N \\ F | " + " | ".join(str(f) for f in r["grid_features"]) + " |",
              "|---|" + "---:|" * len(r["grid_features"])]
     for n in r["grid_shortlists"]:

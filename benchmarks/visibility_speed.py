@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import platform
 import sys
-import logging
 import time
 from pathlib import Path
 
@@ -44,12 +44,14 @@ def terrain(grid: int, seed: int = 0):
     vertices = np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
     j, i = np.meshgrid(np.arange(grid - 1), np.arange(grid - 1), indexing="ij")
     v00 = (j * grid + i).ravel()
-    faces = np.concatenate([np.stack([v00, v00 + 1, v00 + grid + 1], 1), np.stack([v00, v00 + grid + 1, v00 + grid], 1)])
+    faces = np.concatenate([np.stack([v00, v00 + 1, v00 + grid + 1], 1),
+                            np.stack([v00, v00 + grid + 1, v00 + grid], 1)])
     return trimesh.Trimesh(vertices, faces, process=False)
 
 
 def cameras(count: int, size: int, seed: int = 1):
-    """A pycolmap model of `count` PINHOLE cameras (size x size, 60 degree field of view) looking down at 45-80 degrees."""
+    """A pycolmap model of `count` PINHOLE cameras (size x size, 60 degree field of view) looking down at 45-80
+    degrees."""
     rng = np.random.default_rng(seed)
     f = 0.5 * size / math.tan(math.radians(30))
     K = np.array([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1.0]])
@@ -79,7 +81,8 @@ def measure(mesh, rec, engine: str, resolution: int, images: int) -> dict:
     hits = np.mean([(m >= 0).mean() for m in maps])
     distinct = np.mean([len(np.unique(m[m >= 0])) for m in maps])
     return {"engine": engine, "resolution": resolution, "grid": list(maps[0].shape), "images": len(maps),
-            "setup_and_warmup_s": round(setup, 2), "seconds": round(secs, 2), "images_per_s": round(len(maps) / secs, 3),
+            "setup_and_warmup_s": round(setup, 2), "seconds": round(secs, 2),
+            "images_per_s": round(len(maps) / secs, 3),
             "cpu_s": round(cpu, 2), "images_per_cpu_s": round(len(maps) / cpu, 3),
             "mrays_per_s": round(maps[0].size * len(maps) / secs / 1e6, 3), "hit_fraction": round(float(hits), 3),
             "distinct_triangles_per_image": int(distinct)}
@@ -105,8 +108,9 @@ def main() -> None:
             rows.append(measure(mesh, rec, engine, resolution, args.images))
             print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                                    "triangles": int(len(mesh.faces)), "image_size": args.size, "rows": rows}, indent=1))
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    args.out.write_text(json.dumps({"machine": machine, "triangles": int(len(mesh.faces)), "image_size": args.size,
+                                    "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

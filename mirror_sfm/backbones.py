@@ -5,8 +5,8 @@ is downloaded at run time). Add a backbone with `@register("name")`.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ class BackboneInfo:
     std: tuple[float, float, float]
 
 
-_REGISTRY: dict[str, Callable[[bool], "Backbone"]] = {}
+_REGISTRY: dict[str, Callable[[bool], Backbone]] = {}
 
 
 def register(name: str):
@@ -38,7 +38,7 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_backbone(name: str, imagenet: bool = True) -> "Backbone":
+def build_backbone(name: str, imagenet: bool = True) -> Backbone:
     """Build backbone `name`, with its ImageNet weights when `imagenet` (else random init)."""
     if name not in _REGISTRY:
         raise MirrorError(f"unknown backbone {name!r}; available: {', '.join(available())}")

@@ -1,5 +1,10 @@
 """`mirror_sfm` command line: a thin layer over the library (extract, pairs, whiten, match, reconstruct, vocabtree,
-train, evaluate)."""
+train, evaluate).
+
+Flags come from the option dataclasses (`cli_options`): their docstrings give the help, their defaults the
+defaults. `--config FILE.yaml` sets defaults that flags given on the command line override.
+"""
+
 from __future__ import annotations
 
 import argparse
@@ -8,93 +13,107 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
 from . import __version__
+from .cli_options import (
+    Flag,
+    HelpFormatter,
+    add_flags,
+    add_verbosity,
+    log_level,
+    options_from_args,
+    parse_with_config,
+)
+from .colmap import CAMERA_MODES, MAPPERS, PAIR_METHODS, ReconstructionOptions
 from .console import run_command
 from .errors import MirrorError
 from .extract import ExtractionOptions
 from .pairs import PairsOptions
 from .retrieval import RetrievalOptions
-from .verify import VerifyOptions
+from .verify import VERIFY_METHODS, VerifyOptions
 
 logger = logging.getLogger("mirror_sfm")
 
+EXTRACTION_FLAGS = (
+    Flag("weights", ("--weights",), metavar="default|imagenet|PATH"),
+    Flag("resize", ("--resize",), metavar="PX"),
+    Flag("pooling", ("--pooling",), choices=("mac", "gem", "rmac")),
+    Flag("batch_size", ("--batch-size",)),
+    Flag("device", ("--device",), metavar="auto|cpu|cuda"),
+    Flag("num_workers", ("--num-workers",)),
+)
+NUM_MATCHED = Flag("num_matched", ("--num-matched", "-k"), metavar="K")
+RETRIEVAL_FLAGS = (
+    Flag("rerank", ("--rerank",), choices=("prmac", "none")),
+    Flag("shortlist", ("--prmac-shortlist",), metavar="N"),
+    Flag("query_expansion", ("--query-expansion",), metavar="N"),
+    Flag("whitening", ("--whitening",), choices=("none", "model", "database")),
+    Flag("exact_max", ("--exact-max",), metavar="N"),
+)
+VERIFY_FLAGS = (
+    Flag("method", ("--verify",), choices=VERIFY_METHODS),
+    Flag("shortlist", ("--shortlist",), metavar="N"),
+    Flag("num_features", ("--verify-features",), metavar="N"),
+)
+PAIRS_FLAGS = (
+    Flag("sequential", ("--sequential",), metavar="W"),
+    Flag("symmetric", ("--symmetric",)),
+)
+# ReconstructionOptions (mirror_sfm.colmap) documents its fields in comments: the help is given here.
+RECONSTRUCTION_FLAGS = (
+    Flag("pairs", ("--pairs",), choices=PAIR_METHODS,
+         help="how pairs are chosen: CNN retrieval (this package), a COLMAP vocabulary tree, all pairs, or a "
+              "sliding window in name order"),
+    Flag("num_matched", ("--num-matched", "-k"), metavar="K",
+         help="neighbours per image (retrieval and vocabulary tree)"),
+    Flag("vocab_tree", ("--vocab-tree",), type=Path, metavar="FILE",
+         help="tree file from 'mirror_sfm vocabtree build' (for --pairs vocabtree)"),
+    Flag("mapper", ("--mapper",), choices=MAPPERS, help="COLMAP's incremental or global mapper"),
+    Flag("sequential_overlap", ("--sequential-overlap",), metavar="W", help="window of --pairs sequential"),
+    Flag("camera_mode", ("--camera-mode",), choices=tuple(CAMERA_MODES), help="COLMAP camera sharing"),
+    Flag("max_image_size", ("--max-image-size",), metavar="PX", help="SIFT: long side limit"),
+    Flag("max_num_features", ("--max-num-features",), metavar="N", help="SIFT features per image"),
+)
+
 
 def _add_extraction_args(p: argparse.ArgumentParser) -> None:
-    d = ExtractionOptions()
-    g = p.add_argument_group("descriptors")
-    g.add_argument("--weights", default=d.weights,
-                   help="'default' (shipped fine-tuned weights, else ImageNet), 'imagenet', or a checkpoint path")
-    g.add_argument("--resize", type=int, default=d.resize, help="long side in px of the whole image (default %(default)s)")
-    g.add_argument("--pooling", choices=["mac", "gem", "rmac"], default=d.pooling, help="global descriptor (default %(default)s)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--device", default=d.device, help="auto | cpu | cuda (default %(default)s)")
-    g.add_argument("--num-workers", type=int, default=d.num_workers, help="image decoding processes")
+    add_flags(p.add_argument_group("descriptors"), ExtractionOptions, EXTRACTION_FLAGS)
 
 
 def _add_retrieval_args(p: argparse.ArgumentParser) -> None:
-    d = RetrievalOptions()
-    g = p.add_argument_group("retrieval")
-    g.add_argument("--rerank", choices=["prmac", "none"], default=d.rerank,
-                   help="re-rank a shortlist by PR-MAC regional matching (default %(default)s)")
-    g.add_argument("--prmac-shortlist", type=int, default=d.shortlist,
-                   help="CNN candidates re-ranked by PR-MAC per query (default %(default)s)")
-    g.add_argument("--query-expansion", type=int, default=d.query_expansion, metavar="N",
-                   help="alpha query expansion over the top N (0 = off, default)")
-    g.add_argument("--whitening", choices=["none", "model", "database"], default=d.whitening,
-                   help="descriptor whitening: none, the model's own, or PCA fitted on these images (default %(default)s)")
-    g.add_argument("--exact-max", type=int, default=d.exact_max, help="exact search up to this many images, IVF above")
+    add_flags(p.add_argument_group("retrieval"), RetrievalOptions, RETRIEVAL_FLAGS)
 
 
 def _add_verify_args(p: argparse.ArgumentParser, database: bool) -> None:
-    d = VerifyOptions()
     g = p.add_argument_group("geometric verification of the shortlist")
-    g.add_argument("--verify", choices=["sift", "none"], default=d.method,
-                   help="sift: re-rank each image's CNN shortlist by SIFT inliers (COLMAP's matching rule and "
-                        "two-view geometry); none: CNN + PR-MAC order only, the fast mode (default %(default)s)")
-    g.add_argument("--shortlist", type=int, default=d.shortlist, metavar="N",
-                   help="CNN candidates per image that are verified (default %(default)s)")
-    g.add_argument("--verify-features", type=int, default=d.num_features, metavar="N",
-                   help="SIFT features per image used to verify, largest scale first (default %(default)s)")
+    add_flags(g, VerifyOptions, VERIFY_FLAGS)
     if database:
-        g.add_argument("--database", type=Path,
+        g.add_argument("--database", type=Path, metavar="DB",
                        help="COLMAP database with SIFT for these images (colmap feature_extractor, "
-                            "pycolmap.extract_features): read-only, nothing is extracted. Default: light SIFT "
+                            "pycolmap.extract_features): read-only, nothing is extracted. None: light SIFT "
                             "(1024 features, 1024 px) cached in OUTPUT-sift.db")
 
 
+def _add_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, metavar="YAML",
+                   help="option defaults, keys are long option names (e.g. configs/pairs.yaml); flags given "
+                        "on the command line win")
+
+
 def _verify_options(args) -> VerifyOptions:
-    return VerifyOptions(method=args.verify, shortlist=args.shortlist, num_features=args.verify_features)
+    return options_from_args(VerifyOptions, VERIFY_FLAGS, args)
 
 
 def _extraction_options(args) -> ExtractionOptions:
-    return ExtractionOptions(resize=args.resize, pooling=args.pooling, weights=args.weights,
-                             batch_size=args.batch_size, device=args.device, num_workers=args.num_workers)
+    return options_from_args(ExtractionOptions, EXTRACTION_FLAGS, args)
 
 
 def _retrieval_options(args) -> RetrievalOptions:
-    return RetrievalOptions(num_matched=args.num_matched, rerank=args.rerank, shortlist=args.prmac_shortlist,
-                            query_expansion=args.query_expansion, whitening=args.whitening, exact_max=args.exact_max)
+    return options_from_args(RetrievalOptions, RETRIEVAL_FLAGS, args, num_matched=args.num_matched)
 
 
-def _apply_config(args: argparse.Namespace, argv: list[str]) -> None:
-    """`--config FILE.yaml` fills options (keys are long option names) that the command line did not give."""
-    path = getattr(args, "config", None)
-    if not path:
-        return
-    path = Path(path)
-    if not path.is_file():
-        raise MirrorError(f"config file not found: {path}")
-    conf = yaml.safe_load(path.read_text()) or {}
-    tokens = {a.split("=")[0] for a in argv if a.startswith("-")}
-    given = {a.dest for a in _SUBPARSERS[args.command]._actions if tokens & set(a.option_strings)}
-    for key, value in conf.items():
-        dest = key.replace("-", "_")
-        if not hasattr(args, dest):
-            raise MirrorError(f"{path}: unknown option {key!r} for '{args.command}'")
-        if dest not in given:
-            setattr(args, dest, value)
+def _pairs_options(args, flags: tuple[Flag, ...] = PAIRS_FLAGS, **extra) -> PairsOptions:
+    return options_from_args(PairsOptions, flags, args, extraction=_extraction_options(args),
+                             retrieval=_retrieval_options(args), verify=_verify_options(args), **extra)
 
 
 def cmd_extract(args) -> None:
@@ -105,17 +124,15 @@ def cmd_extract(args) -> None:
 
 def cmd_pairs(args) -> None:
     from .pairs import generate_pairs
-    options = PairsOptions(_extraction_options(args), _retrieval_options(args), args.sequential, args.symmetric,
-                           _verify_options(args))
-    pairs = generate_pairs(args.images, args.output, args.num_matched, features=args.features,
-                           options=options, scores_output=args.scores, database=args.database)
+    pairs = generate_pairs(args.images, args.output, features=args.features, options=_pairs_options(args),
+                           scores_output=args.scores, database=args.database)
     print(f"{len(pairs)} pairs -> {args.output}")
 
 
 def cmd_whiten(args) -> None:
     from .features_io import read_descriptors
-    from .model import load_model, save_weights
     from .io_utils import check_writable
+    from .model import load_model, save_weights
     from .whitening import fit_pca_whitening
     check_writable(args.output)
     _, glob, regional = read_descriptors(args.features, regional=True)
@@ -133,14 +150,16 @@ def cmd_match(args) -> None:
 
 
 def cmd_reconstruct(args) -> None:
-    from .colmap import ReconstructionOptions, reconstruct
-    retrieval_kwargs = {"options": PairsOptions(_extraction_options(args), _retrieval_options(args),
-                                                args.sequential, False, _verify_options(args))}
-    options = ReconstructionOptions(pairs=args.pairs, num_matched=args.num_matched, vocab_tree=args.vocab_tree,
-                                    sequential_overlap=args.sequential_overlap, max_image_size=args.max_image_size,
-                                    max_num_features=args.max_num_features, camera_mode=args.camera_mode,
-                                    device=args.device, mapper=args.mapper, retrieval_kwargs=retrieval_kwargs)
-    stats = reconstruct(args.images, args.output, options)
+    from .colmap import reconstruct
+    if args.output and args.output_opt and args.output != args.output_opt:
+        raise MirrorError(f"two output folders given ({args.output} and -o {args.output_opt}): give one")
+    output = args.output or args.output_opt
+    if output is None:
+        raise MirrorError("reconstruct needs an output folder: 'mirror_sfm reconstruct IMAGES OUTPUT' (or -o OUTPUT)")
+    retrieval_kwargs = {"options": _pairs_options(args, PAIRS_FLAGS[:1])}
+    options = options_from_args(ReconstructionOptions, RECONSTRUCTION_FLAGS, args, device=args.device,
+                                retrieval_kwargs=retrieval_kwargs)
+    stats = reconstruct(args.images, output, options)
     print(json.dumps({k: stats[k] for k in ("method", "images", "registered", "pairs_to_match",
                                             "sparse_points", "mean_reprojection_error") if k in stats}))
 
@@ -180,113 +199,156 @@ def cmd_evaluate(args) -> None:
         write_text_atomic(args.output, json.dumps(report, indent=1) + "\n")
 
 
-_SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
+def _command(sub, name: str, summary: str, description: str, examples: str) -> argparse.ArgumentParser:
+    """A subcommand parser with a description, an example epilog, -v/-q, and defaults shown in its help."""
+    p = sub.add_parser(name, help=summary, description=f"{summary}.\n\n{description}".rstrip(),
+                       epilog="example:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()),
+                       formatter_class=HelpFormatter)
+    add_verbosity(p, top=False)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mirror_sfm", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mirror_sfm", formatter_class=HelpFormatter,
+        description="Matchable image retrieval for Structure-from-Motion: COLMAP/hloc pair files ranked by a CNN "
+                    "that learnt which images share surface (MIRorR).",
+        epilog="example:\n  mirror_sfm pairs images/ -o pairs.txt -k 20\n  mirror_sfm reconstruct images/ out/\n\n"
+               "'mirror_sfm COMMAND --help' lists each command's options.")
     parser.add_argument("--version", action="version", version=f"mirror_sfm {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    add_verbosity(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("extract", help="describe a folder of images into an h5 file (resumable)")
-    p.add_argument("images", type=Path)
+    p = _command(sub, "extract", "describe a folder of images into an h5 file (resumable)",
+                 "Global (and regional) descriptors in hloc's global-feats layout: a group per image name holding "
+                 "'global_descriptor'.\nA re-run skips unchanged images; an interrupted run resumes.",
+                 "mirror_sfm extract images/ -o global-feats.h5 --resize 512")
+    p.add_argument("images", type=Path, help="image folder (searched recursively)")
     p.add_argument("-o", "--output", type=Path, required=True, help="descriptor file (.h5)")
     _add_extraction_args(p)
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("pairs", help="write a COLMAP/hloc pair file by matchable-image retrieval")
-    p.add_argument("images", type=Path)
+    p = _command(sub, "pairs", "write a COLMAP/hloc pair file by matchable-image retrieval",
+                 "Each image's CNN shortlist (+ PR-MAC) is verified with SIFT (COLMAP's matching rule and two-view "
+                 "geometry)\nand its top K by inliers written as 'query neighbour' lines; --verify none keeps the "
+                 "CNN order (fast mode).",
+                 "mirror_sfm pairs images/ -o pairs.txt -k 20 --database database.db\n"
+                 "mirror_sfm pairs images/ -o pairs.txt --config configs/pairs.yaml --verify none")
+    p.add_argument("images", type=Path, help="image folder (searched recursively)")
     p.add_argument("-o", "--output", type=Path, required=True, help="pair file: 'name1 name2' a line")
-    p.add_argument("--num-matched", "-k", type=int, default=20, help="neighbours per image (default %(default)s)")
-    p.add_argument("--features", type=Path, help="descriptor cache (default: OUTPUT-global-feats.h5 beside it)")
-    p.add_argument("--scores", type=Path,
+    add_flags(p, RetrievalOptions, (NUM_MATCHED,))
+    p.add_argument("--features", type=Path, metavar="H5",
+                   help="descriptor file: mirror_sfm's cache (None: OUTPUT-global-feats.h5 beside the output), or "
+                        "an existing hloc global-feats file, which is ranked from and never overwritten")
+    p.add_argument("--scores", type=Path, metavar="FILE",
                    help="also write 'name1 name2 cnn_score inliers' lines here (inliers: verified SIFT inliers, "
                         "0 = failed, -1 = not verified; no inliers field with --verify none)")
-    p.add_argument("--sequential", type=int, default=0, metavar="W", help="add the next W images in name order")
-    p.add_argument("--symmetric", action="store_true", help="drop (b, a) when (a, b) is listed")
-    p.add_argument("--config", type=Path, help="YAML file of option defaults (e.g. configs/pairs.yaml)")
+    add_flags(p, PairsOptions, PAIRS_FLAGS)
+    _add_config_arg(p)
     _add_extraction_args(p)
     _add_retrieval_args(p)
     _add_verify_args(p, database=True)
     p.set_defaults(func=cmd_pairs)
-    _SUBPARSERS["pairs"] = p
 
-    p = sub.add_parser("whiten", help="fit PCA whitening on a descriptor file and save it with the weights")
-    p.add_argument("--features", type=Path, required=True)
-    p.add_argument("--weights", default="default")
-    p.add_argument("--dim", type=int, default=256)
+    p = _command(sub, "whiten", "fit PCA whitening on a descriptor file and save it with the weights",
+                 "Fitted on the regional descriptors of FEATURES; use the result with --weights FILE "
+                 "--whitening model.",
+                 "mirror_sfm whiten --features global-feats.h5 -o my-weights.pt\n"
+                 "mirror_sfm pairs images/ -o pairs.txt --weights my-weights.pt --whitening model")
+    p.add_argument("--features", type=Path, required=True, metavar="H5", help="descriptor file from 'extract'")
+    p.add_argument("--weights", default="default", metavar="default|imagenet|PATH", help="weights to add it to")
+    p.add_argument("--dim", type=int, default=256, help="output dimension")
     p.add_argument("-o", "--output", type=Path, required=True, help="new weights file (.pt)")
     p.set_defaults(func=cmd_whiten)
 
-    p = sub.add_parser("match", help="match the pairs of a pair file into a COLMAP database (pycolmap)")
-    p.add_argument("--database", type=Path, required=True)
-    p.add_argument("--pairs", type=Path, required=True)
+    p = _command(sub, "match", "match the pairs of a pair file into a COLMAP database (pycolmap)",
+                 "The database must hold SIFT features for every image of the pair file.",
+                 "mirror_sfm match --database database.db --pairs pairs.txt")
+    p.add_argument("--database", type=Path, required=True, metavar="DB", help="COLMAP database (written)")
+    p.add_argument("--pairs", type=Path, required=True, metavar="FILE", help="pair file, 'name1 name2' a line")
     p.set_defaults(func=cmd_match)
 
-    p = sub.add_parser("reconstruct", help="SIFT, matching on a pair set, incremental mapping, stats.json")
-    p.add_argument("images", type=Path)
-    p.add_argument("output", type=Path)
-    p.add_argument("--pairs", choices=["retrieval", "vocabtree", "exhaustive", "sequential"], default="retrieval")
-    p.add_argument("--num-matched", "-k", type=int, default=20)
-    p.add_argument("--vocab-tree", type=Path, help="tree file from 'mirror_sfm vocabtree build' (for --pairs vocabtree)")
-    p.add_argument("--mapper", choices=["incremental", "global"], default="incremental")
-    p.add_argument("--sequential", type=int, default=0, metavar="W", help="with retrieval: add the next W images")
-    p.add_argument("--sequential-overlap", type=int, default=10, help="window of --pairs sequential (default %(default)s)")
-    p.add_argument("--camera-mode", choices=["auto", "single", "per_image"], default="auto", help="COLMAP camera sharing")
-    p.add_argument("--max-image-size", type=int, default=1600, help="SIFT: long side limit (default %(default)s)")
-    p.add_argument("--max-num-features", type=int, default=8192, help="SIFT features per image (default %(default)s)")
-    p.add_argument("--config", type=Path, help="YAML file of option defaults")
+    p = _command(sub, "reconstruct", "SIFT, matching on a pair set, incremental mapping, stats.json",
+                 "Writes OUTPUT/database.db, the pair file, OUTPUT/sparse/ (the COLMAP model) and OUTPUT/stats.json.",
+                 "mirror_sfm reconstruct images/ out/ --pairs retrieval -k 20\n"
+                 "mirror_sfm reconstruct images/ -o out/ --pairs vocabtree --vocab-tree tree.bin")
+    p.add_argument("images", type=Path, help="image folder (searched recursively)")
+    p.add_argument("output", type=Path, nargs="?", help="output folder (or -o)")
+    p.add_argument("-o", "--output", dest="output_opt", type=Path, metavar="OUTPUT",
+                   help="output folder (instead of the positional OUTPUT)")
+    add_flags(p, ReconstructionOptions, RECONSTRUCTION_FLAGS)
+    add_flags(p, PairsOptions, PAIRS_FLAGS[:1])
+    _add_config_arg(p)
     _add_extraction_args(p)
     _add_retrieval_args(p)
     _add_verify_args(p, database=False)
     p.set_defaults(func=cmd_reconstruct)
-    _SUBPARSERS["reconstruct"] = p
 
-    p = sub.add_parser("train", help="fine-tune the network on gtgen labels (batched mask triplet loss; resumable)")
-    p.add_argument("--config", dest="train_config", type=Path, help="training YAML (e.g. configs/train.yaml)")
-    p.add_argument("--out", help="run folder (checkpoints, logs, weights); overrides run.out")
+    p = _command(sub, "train", "fine-tune the network on gtgen labels (batched mask triplet loss; resumable)",
+                 "Settings come from the training YAML; the flags below override single values.\nA re-run with "
+                 "the same output folder resumes from its last checkpoint.",
+                 "mirror_sfm train --config configs/train.yaml -o outputs/train/run1 --steps 400 "
+                 "--set optim.lr=0.0002")
+    p.add_argument("--config", dest="train_config", type=Path, metavar="YAML",
+                   help="training YAML (e.g. configs/train.yaml)")
+    p.add_argument("-o", "--output", "--out", dest="out", metavar="DIR",
+                   help="run folder (checkpoints, logs, weights); overrides run.out")
     p.add_argument("--steps", type=int, help="overrides run.steps")
-    p.add_argument("--device", help="auto | cpu | cuda; overrides run.device")
+    p.add_argument("--device", metavar="auto|cpu|cuda", help="overrides run.device")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one option (repeatable)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="retrieval mAP@k on labelled scenes (gtgen output folders)")
+    p = _command(sub, "evaluate", "retrieval mAP@k on labelled scenes (gtgen output folders)",
+                 "Runs the real extraction + retrieval path and scores the ranking against the scenes' overlap "
+                 "labels\n(MIRorR's AP and the usual AP@k).",
+                 "mirror_sfm evaluate --split validation --weights outputs/train/run1/weights.pt -k 10 20\n"
+                 "mirror_sfm evaluate outputs/labels/alexander --gt co:0.5 ct:0.2")
     p.add_argument("scenes", nargs="*", type=Path, help="scene folders (image_list.txt, geolabel/, triplets.json)")
     p.add_argument("--split", help="also evaluate this split of --splits under --labels-root (e.g. validation)")
-    p.add_argument("--labels-root", type=Path, default=Path("outputs/labels"))
-    p.add_argument("--splits", type=Path, default=Path("configs/splits.yaml"))
-    p.add_argument("--gt", nargs="+", default=["co:0.5", "ct:0.2"],
-                   help="relevant pairs, CRITERION:THRESHOLD with co | ct | mo (default %(default)s)")
-    p.add_argument("-k", nargs="+", type=int, default=[10, 20], help="cut-offs of mAP@k (default %(default)s)")
+    p.add_argument("--labels-root", type=Path, default=Path("outputs/labels"), metavar="DIR",
+                   help="folder of labelled scenes, for --split")
+    p.add_argument("--splits", type=Path, default=Path("configs/splits.yaml"), metavar="YAML",
+                   help="scene splits, for --split (the source checkout's file, relative to the working folder)")
+    p.add_argument("--gt", nargs="+", default=["co:0.5", "ct:0.2"], metavar="CRITERION:THRESHOLD",
+                   help="relevant pairs, criterion co | ct | mo")
+    p.add_argument("-k", nargs="+", type=int, default=[10, 20], help="cut-offs of mAP@k")
     p.add_argument("--t-sfm", type=float, default=0.2, help="CO = 1 where the symmetric CT reaches this")
-    p.add_argument("--features-dir", type=Path, help="keep descriptor files here (default: temporary)")
+    p.add_argument("--features-dir", type=Path, metavar="DIR", help="keep descriptor files here (None: temporary)")
     p.add_argument("-o", "--output", type=Path, help="also write the report as JSON")
     _add_extraction_args(p)
     _add_retrieval_args(p)
-    p.set_defaults(func=cmd_evaluate, num_matched=20)
+    p.set_defaults(func=cmd_evaluate, num_matched=RetrievalOptions().num_matched)
 
-    p = sub.add_parser("vocabtree", help="vocabulary trees for COLMAP, built locally")
-    vsub = p.add_subparsers(dest="vocab_command", required=True)
-    b = vsub.add_parser("build", help="build a tree from the SIFT features of a folder of images")
-    b.add_argument("images", type=Path)
-    b.add_argument("-o", "--output", type=Path, required=True)
-    b.add_argument("--words", type=int, default=4096, help="number of visual words (default %(default)s)")
+    p = _command(sub, "vocabtree", "vocabulary trees for COLMAP, built locally",
+                 "COLMAP's default trees are internet downloads; this builds one from your own images.",
+                 "mirror_sfm vocabtree build other_images/ -o tree.bin --words 4096")
+    vsub = p.add_subparsers(dest="vocab_command", required=True, metavar="ACTION", help="build: make a tree file")
+    b = _command(vsub, "build", "build a tree from the SIFT features of a folder of images",
+                 "Best built from images of other scenes like yours (the tree should not know the scene).",
+                 "mirror_sfm vocabtree build other_images/ -o tree.bin --words 4096\n"
+                 "mirror_sfm reconstruct images/ out/ --pairs vocabtree --vocab-tree tree.bin")
+    b.add_argument("images", type=Path, help="image folder (searched recursively)")
+    b.add_argument("-o", "--output", type=Path, required=True, help="tree file")
+    b.add_argument("--words", type=int, default=4096, help="number of visual words")
     b.set_defaults(func=cmd_vocabtree_build)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    if args.verbose:
-        logger.setLevel(logging.DEBUG)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logger.level
+    logger.setLevel(log_level(args))
 
     def run() -> None:
-        _apply_config(args, argv)
-        args.func(args)
+        final = parse_with_config(parser, argv, args)
+        final.func(final)
 
-    return run_command("mirror_sfm", run, "finished work is kept; re-run to resume")
+    try:
+        return run_command("mirror_sfm", run, "finished work is kept; re-run to resume")
+    finally:
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":

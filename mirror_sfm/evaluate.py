@@ -8,8 +8,8 @@ counts as nothing); scores with ties are ranked by `rank_by_score`, which keeps 
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -26,15 +26,25 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ExtractionOptions:
-    """How descriptors are computed. Defaults chosen on held-out scenes (benchmarks/RESULTS.md)."""
+    """How descriptors are computed. Defaults chosen on held-out scenes (benchmarks/RESULTS.md).
 
-    resize: int = 384            # long side in pixels the whole image is resized to (measured best, RESULTS.md)
-    pooling: str = "mac"         # global descriptor: mac | gem | rmac
-    regional: bool = True        # also store the 35 R-MAC regional vectors (PR-MAC re-ranking)
-    weights: str = "default"     # "default" (shipped fine-tuned, else ImageNet) | "imagenet" | checkpoint path
-    batch_size: int = 4          # consecutive images of one size are batched
-    device: str = "auto"         # auto | cpu | cuda
-    num_workers: int = 1         # image decoding processes
+    Attributes:
+        resize: long side in px the whole image is resized to (never cropped; 384 ranked best and is fastest).
+        pooling: global descriptor: mac | gem | rmac.
+        regional: also store the 35 R-MAC regional vectors (needed by PR-MAC re-ranking).
+        weights: 'default' (shipped fine-tuned weights, else ImageNet), 'imagenet', or a weights file path.
+        batch_size: images per forward pass (consecutive images of one size are batched).
+        device: auto | cpu | cuda.
+        num_workers: image decoding processes (0: decode in the main process).
+    """
+
+    resize: int = 384
+    pooling: str = "mac"
+    regional: bool = True
+    weights: str = "default"
+    batch_size: int = 4
+    device: str = "auto"
+    num_workers: int = 1
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Each group also holds `regional_descriptors` (R x C, for PR-MAC re-ranking), `image_size` (W, H) and, as
 attributes, the source file's size and mtime so a re-run can skip unchanged images. The file's root
-attribute `extractor` records the extraction settings; a file made with other settings is not reused.
+attribute `extractor` records the extraction settings, and marks the file as mirror_sfm's: a file made
+with other settings is recomputed, but an HDF5 file without that attribute (e.g. hloc's `global-feats`)
+was not written by mirror_sfm and is never overwritten (`is_foreign`, `read_foreign_descriptors`).
 A run writes `FILE.partial` and renames it to FILE when complete; write failures are one MirrorError line.
 """
 from __future__ import annotations
@@ -14,8 +16,8 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -42,13 +44,60 @@ def file_signature(path: Path) -> tuple[int, int]:
     return int(st.st_size), int(st.st_mtime_ns)
 
 
+EXTRACTOR_ATTR = "extractor"
+
+
+def is_foreign(path: str | Path) -> bool:
+    """Whether `path` is a readable HDF5 file that mirror_sfm did not write (no root `extractor` attribute),
+    such as hloc's `global-feats` file. Missing or unreadable files are not foreign."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return EXTRACTOR_ATTR not in f.attrs
+    except Exception:  # not HDF5, truncated, ...: treated as a damaged cache of ours
+        return False
+
+
+def foreign_file_error(path: Path, what: str) -> MirrorError:
+    return MirrorError(f"{path} was not written by mirror_sfm (no '{EXTRACTOR_ATTR}' attribute, e.g. hloc's "
+                       f"global-feats): {what}")
+
+
+def read_foreign_descriptors(path: str | Path, names: list[str], regional: bool = False
+                             ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Global (N, D) float32 descriptors, L2-normalised, of `names` from a descriptor file mirror_sfm did not
+    write (hloc's layout, any dimension D), and the regional ones (N, R, D) float16 when asked and stored for
+    every image (else None). A missing name or mixed dimensions is one MirrorError naming the file."""
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        missing = [n for n in names if n not in f or "global_descriptor" not in f[n]]
+        if missing:
+            raise foreign_file_error(path, f"it has no descriptor for image {missing[0]} ({len(missing)} of "
+                                           f"{len(names)} missing); it is never overwritten, so describe the "
+                                           f"images into another --features file")
+        try:
+            glob = np.stack([np.asarray(f[n]["global_descriptor"][()], np.float32).reshape(-1) for n in names])
+            reg = None
+            if regional and all("regional_descriptors" in f[n] for n in names):
+                reg = np.stack([f[n]["regional_descriptors"][()] for n in names]).astype(np.float16)
+        except ValueError as exc:
+            raise foreign_file_error(path, f"its descriptors differ in shape ({exc})") from None
+    glob /= np.linalg.norm(glob, axis=1, keepdims=True) + 1e-12
+    return glob, reg
+
+
 def open_work_file(path: Path, extractor: dict) -> h5py.File:
     """Open `path`.partial for appending: resume a partial run, else start from a copy of `path`.
 
+    A file mirror_sfm did not write (`is_foreign`) is a MirrorError: it is never overwritten.
     A partial or final file made with other extractor settings is set aside (not reused); so is one that
     cannot be read (corrupt), with a warning that names it. A work file left shorter than HDF5 recorded
     by a disk that filled up is first extended back (see `_repair_truncated`) so its finished images count.
     """
+    if is_foreign(path):
+        raise foreign_file_error(path, "it is not overwritten; choose another output")
     partial = partial_path(path)
     for candidate in (partial, path):
         if not candidate.exists():
@@ -75,7 +124,7 @@ def open_work_file(path: Path, extractor: dict) -> h5py.File:
             logger.info("%s was made with other settings; its descriptors are recomputed", path)
     with write_errors(path):
         f = h5py.File(partial, "a")
-        f.attrs["extractor"] = json.dumps(extractor, sort_keys=True)
+        f.attrs[EXTRACTOR_ATTR] = json.dumps(extractor, sort_keys=True)
     return f
 
 
@@ -87,7 +136,7 @@ def _read_extractor(path: Path, repair: bool) -> dict:
             raise
         f = h5py.File(path, "r")
     with f:
-        return json.loads(f.attrs.get("extractor", "{}"))
+        return json.loads(f.attrs.get(EXTRACTOR_ATTR, "{}"))
 
 
 def _repair_truncated(path: Path, exc: OSError) -> bool:

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .extract import ExtractionOptions, extract
-from .features_io import read_descriptors
+from . import features_io
 from .database_reader import FeatureDatabase
 from .errors import MirrorError
+from .extract import ExtractionOptions, extract
+from .features_io import read_descriptors
 from .images import list_images
-from .model import RetrievalModel, load_model
 from .io_utils import check_writable
+from .model import RetrievalModel, load_model
 from .pairs_io import Pair, unique_pairs, write_pairs
 from .retrieval import RetrievalOptions, choose_whitening, retrieve
 from .verify import VerifyOptions, light_sift_database, rerank_by_geometry, verify_pairs
@@ -30,11 +31,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PairsOptions:
+    """Everything `generate_pairs` does besides its inputs and outputs.
+
+    Attributes:
+        extraction: how descriptors are computed (`ExtractionOptions`).
+        retrieval: how each image's neighbours are found; `retrieval.num_matched` is K (`RetrievalOptions`).
+        sequential: also pair each image with its next W images in name order (video, drone strips; 0: off).
+        symmetric: keep one of (a, b) and (b, a) when both are listed.
+        verify: geometric re-ranking of the CNN shortlist (`VerifyOptions`).
+    """
+
     extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
     retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
-    sequential: int = 0        # also pair each image with its next W images in name order
-    symmetric: bool = False    # keep one of (a, b) and (b, a)
-    verify: VerifyOptions = field(default_factory=VerifyOptions)  # geometric re-ranking of the shortlist
+    sequential: int = 0
+    symmetric: bool = False
+    verify: VerifyOptions = field(default_factory=VerifyOptions)
 
 
 def sequential_pairs(names: list[str], window: int) -> list[tuple[int, int]]:
@@ -99,6 +110,43 @@ def _sequential_score(glob: np.ndarray, i: int, j: int, scores: list):
     return sim
 
 
+def resolve_num_matched(options: PairsOptions, num_matched: int | None) -> PairsOptions:
+    """`options` with K settled by one rule: an explicit `num_matched` is K, None keeps `options.retrieval.num_matched`.
+
+    An explicit K that replaces a non-default K set in `options` (both given, and different) is logged as a
+    warning naming both. K below 1 is a MirrorError.
+    """
+    if num_matched is not None and num_matched != options.retrieval.num_matched:
+        if options.retrieval.num_matched != RetrievalOptions().num_matched:
+            logger.warning("num_matched=%d given: it replaces options.retrieval.num_matched=%d", num_matched,
+                           options.retrieval.num_matched)
+        options = replace(options, retrieval=replace(options.retrieval, num_matched=num_matched))
+    k = options.retrieval.num_matched
+    if k < 1:
+        raise MirrorError(f"num_matched (-k) must be >= 1, got {k}")
+    return options
+
+
+def _foreign_descriptors(features: Path, names: list[str], options: PairsOptions
+                         ) -> tuple[np.ndarray, np.ndarray | None, PairsOptions]:
+    """Descriptors of `names` from a file mirror_sfm did not write (e.g. hloc's global-feats; read, never
+    written), and `options` fitted to it: PR-MAC only where it holds regional vectors, no R-MAC rebuild."""
+    prmac = options.retrieval.rerank == "prmac"
+    glob, regional = features_io.read_foreign_descriptors(features, names, regional=prmac)
+    logger.info("%s was not written by mirror_sfm (e.g. hloc's global-feats): ranking from its %d-d global "
+                "descriptors%s; it is not modified", features, glob.shape[1],
+                " and regional ones (PR-MAC)" if regional is not None else
+                (", without PR-MAC re-ranking (no regional descriptors)" if prmac else ""))
+    retrieval = options.retrieval
+    if prmac and regional is None:
+        retrieval = replace(retrieval, rerank="none")
+    if retrieval.whitening == "model":
+        raise MirrorError(f"--whitening model applies the weights' whitening to their own descriptors, not to "
+                          f"those of {features}: use --whitening none or database")
+    extraction = replace(options.extraction, pooling="mac")  # no R-MAC rebuild of another network's global
+    return glob, regional, replace(options, retrieval=retrieval, extraction=extraction)
+
+
 def generate_pairs(image_dir: str | Path, output: str | Path, num_matched: int | None = None,
                    image_names: list[str] | None = None, features: str | Path | None = None,
                    options: PairsOptions | None = None, scores_output: str | Path | None = None,
@@ -106,19 +154,20 @@ def generate_pairs(image_dir: str | Path, output: str | Path, num_matched: int |
     """Describe the images (cached in `features`, default `output` + `-global-feats.h5` beside it), retrieve each
     image's shortlist, verify it with SIFT (unless `options.verify.method == "none"`), write the top K as pairs.
 
-    `num_matched` (K) overrides `options.retrieval.num_matched` when given. `database`: a COLMAP database holding
-    SIFT for these images, read (never written) for verification; without it light SIFT is extracted into
-    `output` + `-sift.db` beside the output (resumable); verification matches into `output` + `-verify.db` (a copy
-    holding the first `num_features` features; keep it to resume). `scores_output`: `name1 name2 cnn_score` lines, plus the
-    geometric score (verified inliers, 0 = failed) as a fourth field when verified.
+    A `features` file that mirror_sfm did not write (e.g. hloc's global-feats, any dimension) is ranked from
+    as it is, never overwritten: it must hold every image; PR-MAC re-ranking needs its regional descriptors.
+
+    K, the pairs kept per image: `num_matched` when given, else `options.retrieval.num_matched` (one rule, see
+    `resolve_num_matched`; overriding a non-default K of `options` is logged as a warning). `database`: a COLMAP
+    database holding SIFT for these images, read (never written) for verification; without it light SIFT is
+    extracted into `output` + `-sift.db` beside the output (resumable); verification matches into `output` +
+    `-verify.db` (a copy holding the first `num_features` features; keep it to resume). `scores_output`:
+    `name1 name2 cnn_score` lines, plus the geometric score (verified inliers, 0 = failed) as a fourth field
+    when verified.
     Returns the pairs written. The pair file (and the scores file) are written atomically.
     """
-    options = options or PairsOptions()
-    if num_matched is not None:
-        options = replace(options, retrieval=replace(options.retrieval, num_matched=num_matched))
+    options = resolve_num_matched(options or PairsOptions(), num_matched)
     k = options.retrieval.num_matched
-    if k < 1:
-        raise MirrorError(f"num_matched (-k) must be >= 1, got {k}")
     verify = options.verify
     verify.validate()
     output = Path(output)
@@ -130,10 +179,16 @@ def generate_pairs(image_dir: str | Path, output: str | Path, num_matched: int |
     if verify.method == "sift" and database is not None:
         with FeatureDatabase(database) as db:  # fail before any work when the database lacks an image
             db.check_names(names)
-    model = model or load_model(options.extraction.weights)
-    result = extract(image_dir, features, options.extraction, image_names=image_names, model=model)
-    good = [n for n in names if n not in result.skipped]
-    names, glob, regional = read_descriptors(features, good, regional=options.retrieval.rerank == "prmac")
+    skipped: dict[str, str] = {}
+    if features_io.is_foreign(features):
+        glob, regional, options = _foreign_descriptors(features, names, options)
+        model = None
+    else:
+        model = model or load_model(options.extraction.weights)
+        result = extract(image_dir, features, options.extraction, image_names=image_names, model=model)
+        skipped = result.skipped
+        good = [n for n in names if n not in skipped]
+        names, glob, regional = read_descriptors(features, good, regional=options.retrieval.rerank == "prmac")
     if len(names) < 2:
         raise MirrorError(f"need at least two readable images in {image_dir} to make pairs")
     if verify.method == "none":
@@ -155,5 +210,5 @@ def generate_pairs(image_dir: str | Path, output: str | Path, num_matched: int |
     if scores_output:
         write_pairs(scores_output, pairs, scores)
     logger.info("wrote %d pairs for %d images -> %s%s", len(pairs), len(names), output,
-                f" ({len(result.skipped)} unreadable images skipped)" if result.skipped else "")
+                f" ({len(skipped)} unreadable images skipped)" if skipped else "")
     return pairs

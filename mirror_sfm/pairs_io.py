@@ -1,8 +1,8 @@
 """Read and write COLMAP/hloc pair files: one `name1 name2` line a pair, queries in rank order."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from .errors import MirrorError
 from .io_utils import atomic_path

@@ -22,19 +22,33 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RetrievalOptions:
-    """How neighbours are found. Defaults chosen on held-out scenes (benchmarks/RESULTS.md)."""
+    """How neighbours are found. Defaults chosen on held-out scenes (benchmarks/RESULTS.md).
 
-    num_matched: int = 20         # neighbours kept per query
-    rerank: str = "prmac"         # none | prmac: re-rank a shortlist by regional matching
-    shortlist: int = 100          # candidates re-ranked per query
-    query_expansion: int = 0      # alpha-QE over this many top neighbours (0 = off)
+    Attributes:
+        num_matched: neighbours kept per query image (K).
+        rerank: re-rank a shortlist by PR-MAC regional matching: prmac | none.
+        shortlist: CNN candidates re-ranked by PR-MAC per query.
+        query_expansion: alpha query expansion over this many top neighbours (0: off).
+        qe_alpha: the exponent of alpha query expansion.
+        whitening: descriptor whitening: none | model (the weights' own) | database (PCA fitted on these images).
+        whitening_dim: output dimension of 'database' whitening.
+        exact_max: exact search up to this many database images, faiss IVF above.
+        ivf_nprobe: IVF cells searched per query.
+        chunk_size: queries per faiss call (bounds memory).
+        use_gpu: faiss on the GPU: auto | yes | no.
+    """
+
+    num_matched: int = 20
+    rerank: str = "prmac"
+    shortlist: int = 100
+    query_expansion: int = 0
     qe_alpha: float = 3.0
-    whitening: str = "none"       # none | model (the weights' own) | database (PCA fitted on these images)
+    whitening: str = "none"
     whitening_dim: int = 256
-    exact_max: int = 100_000      # exact search up to this many database images, IVF above
+    exact_max: int = 100_000
     ivf_nprobe: int = 32
-    chunk_size: int = 2048        # queries per faiss call
-    use_gpu: str = "auto"         # auto | yes | no
+    chunk_size: int = 2048
+    use_gpu: str = "auto"
 
 
 @dataclass

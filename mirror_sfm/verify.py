@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pycolmap
 from tqdm import tqdm
@@ -41,17 +41,30 @@ FAILED_CONFIGS = {int(pycolmap.TwoViewGeometryConfiguration.UNDEFINED),
 
 @dataclass
 class VerifyOptions:
-    """How each image's CNN shortlist is verified and re-ranked (defaults measured: benchmarks/RESULTS.md §11)."""
+    """How each image's CNN shortlist is verified and re-ranked (defaults measured: benchmarks/RESULTS.md §11).
 
-    method: str = "sift"          # sift: re-rank the shortlist by verified inliers | none: CNN (+ PR-MAC) order
-    shortlist: int = 30           # CNN candidates per image that are verified (N >= K)
-    num_features: int = 1024      # first N SIFT features of each image (largest scale first)
-    min_num_inliers: int = 15     # COLMAP's TwoViewGeometryOptions.min_num_inliers: fewer fail
-    sift_max_image_size: int = 1024   # light SIFT (no --database): long side limit, px
-    sift_max_num_features: int = 1024  # light SIFT (no --database): features per image
-    num_threads: int = -1         # COLMAP matching and verification threads (-1: all cores)
-    device: str = "auto"          # auto: COLMAP's CUDA matcher where pycolmap has CUDA | cpu
-    seed: int = 0                 # RANSAC seed, so a re-run gives the same scores
+    Attributes:
+        method: sift: re-rank each image's CNN shortlist by SIFT inliers (COLMAP's matching rule and two-view
+            geometry); none: CNN + PR-MAC order only, the fast mode.
+        shortlist: CNN candidates per image that are verified (N >= K).
+        num_features: SIFT features per image used to verify, largest scale first.
+        min_num_inliers: COLMAP's TwoViewGeometryOptions.min_num_inliers: pairs with fewer fail.
+        sift_max_image_size: light SIFT (no database given): long side limit, px.
+        sift_max_num_features: light SIFT (no database given): features per image.
+        num_threads: COLMAP matching and verification threads (-1: all cores).
+        device: auto: COLMAP's CUDA matcher where pycolmap has CUDA | cpu | cuda.
+        seed: RANSAC seed, so a re-run gives the same scores.
+    """
+
+    method: str = "sift"
+    shortlist: int = 30
+    num_features: int = 1024
+    min_num_inliers: int = 15
+    sift_max_image_size: int = 1024
+    sift_max_num_features: int = 1024
+    num_threads: int = -1
+    device: str = "auto"
+    seed: int = 0
 
     def validate(self) -> None:
         if self.method not in VERIFY_METHODS:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pycolmap
@@ -44,7 +44,8 @@ def read_descriptors(
         keep = np.sort(np.random.default_rng(seed).choice(total, size=max_descriptors, replace=False))
     chunks, start = [], 0
     groups = _group_by_database(counts)
-    for database, image_ids in tqdm(groups, desc="reading descriptors", unit="db", leave=False, disable=len(groups) < 2):
+    for database, image_ids in tqdm(groups, desc="reading descriptors", unit="db", leave=False,
+                                    disable=len(groups) < 2):
         with pycolmap.Database.open(str(database)) as db:
             for image_id, n in image_ids:
                 rows = None if keep is None else _rows_in(keep, start, n)

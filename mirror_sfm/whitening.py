@@ -28,7 +28,7 @@ class Whitening:
         return {"mean": self.mean.astype(np.float32), "projection": self.projection.astype(np.float32)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Whitening":
+    def from_dict(cls, d: dict) -> Whitening:
         return cls(np.asarray(d["mean"], dtype=np.float32), np.asarray(d["projection"], dtype=np.float32))
 
 

@@ -68,7 +68,7 @@ def _copy_truncated(source: Path, target: Path, num_features: int) -> None:
             columns = [row[1] for row in con.execute(f"PRAGMA src.table_info({name})")]
             select = [_truncated(c, name, num_features) for c in columns]
             con.execute(f"INSERT INTO main.{name} ({', '.join(columns)}) SELECT {', '.join(select)} FROM src.{name}")
-        for kind, name, sql in schema:
+        for kind, _name, sql in schema:
             if kind == "index":
                 con.execute(sql)
         con.execute("COMMIT")

@@ -14,7 +14,8 @@ common_track.txt, mesh_overlap.txt, mask.bin}, masks/*.png (per positive pair, -
   and mesh. Aerial and street paths give strong and weak positives; orbits see the whole scene from every view,
   so they give strong positives only (viewpoint variety).
 - **Real**: every folder under ``--data`` (default ../shared/data/scenes), each with images/; ``--scenes`` picks
-  some and sets their order (smallest first finishes the most scenes in a given time). The sparse model is, in order, ``--sparse SCENE=DIR``, the
+  some and sets their order (smallest first finishes the most scenes in a given time). The sparse model is, in
+  order, ``--sparse SCENE=DIR``, the
   scene's own ``sparse/``, the largest exhaustive model under ``--models-from`` (the reconstruction benchmark's
   outputs), else a reconstruction made here (exhaustive pairs, 2,048 SIFT). Mesh: ``gtgen mesh`` of the sparse
   model, or for mold_gold_cape its photogrammetry mesh aligned by ``gtgen align``.
@@ -179,7 +180,8 @@ def done_row(scene: str, out: Path) -> dict | None:
     manifest = json.loads((out / "triplets.json").read_text())
     anchors = manifest["anchors"]
     return {"scene": scene, "images": len(manifest["images"]), "anchors": len(anchors),
-            "anchors_strong": sum(1 for a in anchors if a["strong"]), "anchors_weak": sum(1 for a in anchors if a["weak"]),
+            "anchors_strong": sum(1 for a in anchors if a["strong"]),
+            "anchors_weak": sum(1 for a in anchors if a["weak"]),
             "anchors_both": sum(1 for a in anchors if a["strong"] and a["weak"]), "resumed": True}
 
 
@@ -223,7 +225,8 @@ def reconstruction_stats(out: Path) -> dict:
     if not path.is_file():
         return {}
     stats = json.loads(path.read_text())
-    return {"recon_registered": stats.get("registered"), "recon_registered_any_model": stats.get("registered_any_model"),
+    return {"recon_registered": stats.get("registered"),
+            "recon_registered_any_model": stats.get("registered_any_model"),
             "recon_models": stats.get("num_models"), "recon_verified_pairs": stats.get("verified_pairs"),
             "recon_points": stats.get("sparse_points"), "recon_time_s": (stats.get("time_s") or {}).get("total")}
 
@@ -334,7 +337,7 @@ def summary_table(rows: list[dict]) -> str:
              "| time (s) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        g = lambda k: "–" if r.get(k) is None else r[k]  # noqa: E731
+        g = lambda k, r=r: "–" if r.get(k) is None else r[k]  # noqa: E731
         t = f"{r['time_s']:.1f}" if isinstance(r.get("time_s"), (int, float)) else "–"
         if "error" in r:
             error = " ".join(str(r["error"]).split()).replace("|", "/")
@@ -395,7 +398,8 @@ def _grid_arg(text: str) -> tuple[int, int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", type=Path, default=REPO / "outputs" / "labels", help="output root (default outputs/labels)")
+    p.add_argument("--root", type=Path, default=REPO / "outputs" / "labels",
+                   help="output root (default outputs/labels)")
     p.add_argument("--only", choices=["all", "synthetic", "real"], default="all")
     p.add_argument("--scenes", nargs="+", metavar="NAME",
                    help="only these scenes, in this order (names as in the summary); an unknown name is a failed row")
@@ -476,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             logger.info("[%s] %d/%d images registered, %d triangles, %d pairs CT>=0.2, %d pairs CO>=0.5, %d anchors "
                         "(%d with strong, %d with weak, %d both) in %.1f s", name, row["registered"], row["images"],
-                        row["triangles"], row["pairs_ct_ge_0.2"], row["pairs_co_ge_0.5"], row["anchors"], row["anchors_strong"], row["anchors_weak"],
+                        row["triangles"], row["pairs_ct_ge_0.2"], row["pairs_co_ge_0.5"], row["anchors"],
+                        row["anchors_strong"], row["anchors_weak"],
                         row["anchors_both"], row["time_s"])
             rows.append(row)
             write_summary(args.root, rows)

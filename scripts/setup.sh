@@ -35,6 +35,7 @@ elif ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "$VENV/bin/python" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu || \
     "$VENV/bin/python" -m pip install -q "torch>=2.3"
 fi
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
+# dev: pytest, ruff, matplotlib; gtgen: the mesh packages of `gtgen` (trimesh, embreex, pyrender), which tests use
+"$VENV/bin/python" -m pip install -q -e ".[dev,gtgen]"
 touch "$STAMP"
 echo "mirror_sfm installed in $VENV"

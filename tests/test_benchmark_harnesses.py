@@ -134,7 +134,8 @@ def test_summarize_sfm_comparison(tmp_path, capsys):
     scene.mkdir()
     old = rec("vocabtree", 20, 900, 30.0)
     del old["registered_any_model"]  # a record from before the field: no models saved -> "–"
-    (scene / "results.json").write_text(json.dumps([rec("exhaustive", 40, 1000, 80.0), rec("retrieval@5", 10, 950, 20.0),
+    (scene / "results.json").write_text(json.dumps([rec("exhaustive", 40, 1000, 80.0),
+                                                    rec("retrieval@5", 10, 950, 20.0),
                                                     old, {"method": "sequential", "error": "boom"}]))
     assert summ.main([str(scene), str(tmp_path / "missing")]) == 0
     out = capsys.readouterr()

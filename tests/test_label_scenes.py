@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_gtgen_scenes import require_offscreen_rendering
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

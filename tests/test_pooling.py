@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from mirror_sfm.pooling import (gem, l2n, mac, masked_mac, prmac_score, regional_mac, rmac_from_regions,
-                                rmac_windows)
+from mirror_sfm.pooling import gem, l2n, mac, masked_mac, prmac_score, regional_mac, rmac_from_regions, rmac_windows
 
 
 def test_mac_and_gem_by_hand():

@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pycolmap
 import pytest
+from conftest import FIXTURE
 from PIL import Image
 
 from mirror_sfm.cli import main
@@ -13,8 +14,6 @@ from mirror_sfm.errors import MirrorError
 from mirror_sfm.pairs import PairsOptions, generate_pairs
 from mirror_sfm.pairs_io import read_pairs
 from mirror_sfm.verify import VerifyOptions, rerank_by_geometry, verify_pairs
-
-from conftest import FIXTURE
 
 EXPECTED = FIXTURE.parents[1] / "expected"
 
@@ -75,7 +74,8 @@ def test_pairs_database_is_read_only_and_nothing_extracted(tmp_path, fixture_dat
     before = _digest(fixture_database)
     files_before = sorted(p.name for p in fixture_database.parent.iterdir())
     out = tmp_path / "pairs.txt"
-    rc = main(["pairs", str(FIXTURE), "-o", str(out), "-k", "3", "--shortlist", "6", "--weights", "imagenet", "--verify-features", "300",
+    rc = main(["pairs", str(FIXTURE), "-o", str(out), "-k", "3", "--shortlist", "6", "--weights", "imagenet",
+               "--verify-features", "300",
                "--database", str(fixture_database), "--scores", str(tmp_path / "scores.txt")])
     assert rc == 0
     assert _digest(fixture_database) == before
