@@ -132,7 +132,7 @@ def fit_training_whitening(model: RetrievalModel, scene_dirs: list[Path], config
 
     from ..extract import ExtractionOptions, extract
     from ..features_io import read_descriptors
-    from ..scene_eval import load_scene_labels
+    from ..labels import load_scene_labels
     from ..whitening import fit_pca_whitening
 
     vectors = []
