@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import MirrorError
 from .evaluate import mean_average_precision
-from .extract import ExtractionOptions, extract
+from .extract import ExtractionOptions, extract, pooling_of
 from .features_io import read_descriptors
 from .labels import SceneLabels, load_scene_labels, scene_image_dir  # noqa: F401 (scene_image_dir: API)
 from .model import RetrievalModel, load_model
@@ -67,7 +67,8 @@ def rank_scene(labels: SceneLabels, options: EvaluationOptions, model: Retrieval
     names, glob, regional = read_descriptors(features, good, regional=options.retrieval.rerank == "prmac")
     whitening = choose_whitening(options.retrieval, model.whitening, regional, glob)
     ropts = RetrievalOptions(**{**options.retrieval.__dict__, "num_matched": max(options.ks)})
-    nn = retrieve(glob, regional, ropts, whitening=whitening, rmac_global=options.extraction.pooling == "rmac")
+    rmac_global = pooling_of(options.extraction, model) == "rmac"
+    nn = retrieve(glob, regional, ropts, whitening=whitening, rmac_global=rmac_global)
     return {names[q]: [names[j] for j in nn.indices[q] if j >= 0] for q in range(len(names))}
 
 
