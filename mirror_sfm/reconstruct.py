@@ -2,7 +2,7 @@
 
 The pair set is CNN retrieval, a vocabulary tree, exhaustive or sequential, so the methods can be compared on the
 number of pairs matched, registered images, points and time. Every step is a `mirror_sfm.colmap` module (or
-`mirror_sfm.pairs` for retrieval).
+`mirror_sfm.pairs` for retrieval); COLMAP's own log goes to OUT/colmap.log (`colmap.logs.colmap_log`).
 """
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pycolmap
+from tqdm import tqdm
 
 from .colmap.database import clear_matches, count_pairs
+from .colmap.logs import colmap_log
 from .colmap.mapping import model_stats, run_mapping
 from .colmap.matching import match_exhaustive, match_pairs, match_sequential
 from .colmap.options import ReconstructionOptions, device_name
@@ -24,6 +26,7 @@ from .io_utils import check_writable, write_text_atomic
 logger = logging.getLogger(__name__)
 
 STATS_NAME = "stats.json"
+STAGES = ("SIFT", "pairs + matching", "mapping")
 
 
 def retrieval_pairs(image_dir: Path, out_dir: Path, names: list[str], options: ReconstructionOptions,
@@ -72,11 +75,13 @@ def run_matching(
     return t_pairs, t_match
 
 
-def reconstruct(image_dir: Path, out_dir: Path, options: ReconstructionOptions | None = None) -> dict:
+def reconstruct(image_dir: Path, out_dir: Path, options: ReconstructionOptions | None = None,
+                verbose: bool = False) -> dict:
     """Run SIFT, the chosen pair method, matching and mapping; write and return `out_dir/stats.json`.
 
     Unreadable images are skipped (and listed in the stats); stats.json is written only when
-    the whole run succeeds, so an older one survives a failed run.
+    the whole run succeeds, so an older one survives a failed run. COLMAP's own log goes to
+    `out_dir/colmap.log`, and also to stderr with `verbose`.
     """
     options = options or ReconstructionOptions()
     image_dir, out_dir = Path(image_dir), Path(out_dir)
@@ -87,15 +92,23 @@ def reconstruct(image_dir: Path, out_dir: Path, options: ReconstructionOptions |
     out_dir.mkdir(parents=True, exist_ok=True)
     logger.info("reconstructing %d image(s) of %s with %s pairs", len(names), image_dir, options.pairs)
 
-    database, t_feat, reused = prepare_database(out_dir, image_dir, names, options)
-    names, skipped = drop_failed_extractions(database, image_dir, names, skipped)
-    t_pairs, t_match = run_matching(database, image_dir, out_dir, names, options)
-    matched, verified = count_pairs(database)
-    logger.info("%d pairs matched, %d verified", matched, verified)
-
-    t0 = time.perf_counter()
-    models = run_mapping(database, image_dir, out_dir, options)
-    t_map = time.perf_counter() - t0
+    # the stage bar shows on a terminal only (disable=None): piped, each nested bar would add a line per refresh
+    with colmap_log(out_dir, verbose), tqdm(total=len(STAGES), desc="reconstruct", unit="stage", leave=False,
+                                            disable=None) as bar:
+        bar.set_postfix_str(STAGES[0])
+        database, t_feat, reused = prepare_database(out_dir, image_dir, names, options)
+        names, skipped = drop_failed_extractions(database, image_dir, names, skipped)
+        bar.update(1)
+        bar.set_postfix_str(STAGES[1])
+        t_pairs, t_match = run_matching(database, image_dir, out_dir, names, options)
+        matched, verified = count_pairs(database)
+        logger.info("%d pairs matched, %d verified", matched, verified)
+        bar.update(1)
+        bar.set_postfix_str(STAGES[2])
+        t0 = time.perf_counter()
+        models = run_mapping(database, image_dir, out_dir, options, num_images=len(names))
+        t_map = time.perf_counter() - t0
+        bar.update(1)
     mstats = model_stats(models)
     logger.info("mapping in %.1f s: %d/%d images registered, %d points",
                 t_map, mstats["registered"], len(found), mstats["sparse_points"])

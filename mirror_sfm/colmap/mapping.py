@@ -7,12 +7,17 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pycolmap
+from tqdm import tqdm
 
 from .options import ReconstructionOptions
 
 
-def run_mapping(database: Path, image_dir: Path, out_dir: Path, options: ReconstructionOptions) -> dict[int, Any]:
-    """Map into `out_dir/sparse/<k>`; the previous `sparse` folder is replaced only on success."""
+def run_mapping(database: Path, image_dir: Path, out_dir: Path, options: ReconstructionOptions,
+                num_images: int | None = None) -> dict[int, Any]:
+    """Map into `out_dir/sparse/<k>`; the previous `sparse` folder is replaced only on success.
+
+    Incremental mapping shows a bar of registered images (out of `num_images`, when given).
+    """
     out_dir = Path(out_dir)
     tmp = out_dir / f".sparse.{os.getpid()}.tmp"  # not mkdtemp: keep the umask's permissions
     if tmp.exists():
@@ -28,7 +33,9 @@ def run_mapping(database: Path, image_dir: Path, out_dir: Path, options: Reconst
             opts = pycolmap.IncrementalPipelineOptions()
             opts.num_threads = options.num_threads
             opts.random_seed = options.mapper_seed
-            models = pycolmap.incremental_mapping(str(database), str(image_dir), str(tmp), options=opts)
+            with tqdm(total=num_images, desc="mapping", unit="img", leave=False) as bar:
+                models = pycolmap.incremental_mapping(str(database), str(image_dir), str(tmp), options=opts,
+                                                      next_image_callback=lambda: bar.update(1))
         final = out_dir / "sparse"
         if final.exists():
             shutil.rmtree(final)
