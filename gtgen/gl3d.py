@@ -1,4 +1,5 @@
-"""GL3D geolabel files: read and write them exactly, and convert cameras to and from pycolmap.
+"""GL3D geolabel files: write them exactly (the readers live in `mirror_sfm.labels`, re-exported here), read and
+write cameras, and convert cameras to and from pycolmap.
 
 Layout (lzx551402/GL3D, docs/data_format.md and utils/io.py):
 - ``cameras.txt``: one line per registered image,
@@ -25,10 +26,9 @@ import scipy.sparse as sp
 
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.io_utils import atomic_path, write_text_atomic
+from mirror_sfm.labels import MASK_SIZE, mask_record_dtype, read_image_list, read_mask_bin, read_ratios  # noqa: F401
 
 logger = logging.getLogger(__name__)
-
-MASK_SIZE = 32  # GL3D's mask grid (its reader's default)
 
 
 # ----------------------------------------------------------------------------- number formatting
@@ -118,39 +118,6 @@ def write_cameras(path: str | Path, cameras: list[GL3DCamera]) -> None:
 
 # ----------------------------------------------------------------------------- ratio files
 
-def read_ratios(path: str | Path, num_images: int | None = None) -> sp.csr_matrix:
-    """``i j ratio`` lines -> sparse (N, N) float64 matrix; N = `num_images` or max index + 1."""
-    path = Path(path)
-    if not path.is_file():
-        raise MirrorError(f"ratio file not found: {path}")
-    rows, cols, vals = [], [], []
-    seen: set[tuple[int, int]] = set()
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        parts = line.split()
-        if not parts or parts[0].startswith("#"):
-            continue
-        try:
-            if len(parts) != 3:
-                raise ValueError(f"expected 'i j ratio', got {line!r}")
-            i, j = int(parts[0]), int(parts[1])
-            r = float(parts[2])
-        except ValueError as exc:
-            raise MirrorError(f"{path}:{n}: {exc}") from None
-        if (i, j) in seen:
-            raise MirrorError(f"{path}:{n}: pair {i} {j} listed twice")
-        seen.add((i, j))
-        rows.append(i)
-        cols.append(j)
-        vals.append(r)
-    n_img = num_images if num_images is not None else (max(max(rows), max(cols)) + 1 if rows else 0)
-    if rows and max(max(rows), max(cols)) >= n_img:
-        raise MirrorError(f"{path}: image index {max(max(rows), max(cols))} out of range for {n_img} images")
-    m = sp.csr_matrix((np.asarray(vals, np.float64), (np.asarray(rows, np.int64), np.asarray(cols, np.int64))),
-                      shape=(n_img, n_img))
-    m.eliminate_zeros()
-    return m
-
-
 def format_ratios(matrix: sp.spmatrix) -> str:
     """``i j ratio`` lines for the entries r > 0 off the diagonal, sorted by (i, j)."""
     coo = sp.coo_matrix(matrix)
@@ -166,11 +133,6 @@ def write_ratios(path: str | Path, matrix: sp.spmatrix) -> None:
 
 
 # ----------------------------------------------------------------------------- mask.bin
-
-def mask_record_dtype(size: int = MASK_SIZE) -> np.dtype:
-    """numpy twin of struct '2i' + '?' * 2 * size * size (little-endian, packed)."""
-    return np.dtype([("idx", "<i4", (2,)), ("masks", "?", (2, size, size))])
-
 
 def write_mask_bin(path: str | Path, masks: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]],
                    size: int = MASK_SIZE) -> None:
@@ -190,32 +152,11 @@ def write_mask_bin(path: str | Path, masks: dict[tuple[int, int], tuple[np.ndarr
         rec.tofile(tmp)
 
 
-def read_mask_bin(path: str | Path, size: int = MASK_SIZE) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
-    """``mask.bin`` -> {(idx0, idx1): (size x size bool mask over idx0, same over idx1)}."""
-    path = Path(path)
-    if not path.is_file():
-        raise MirrorError(f"mask file not found: {path}")
-    dtype = mask_record_dtype(size)
-    nbytes = path.stat().st_size
-    if nbytes % dtype.itemsize:
-        raise MirrorError(f"{path}: {nbytes} bytes is not a whole number of {size}x{size} mask records "
-                          f"({dtype.itemsize} bytes each)")
-    rec = np.fromfile(path, dtype=dtype)
-    return {(int(i), int(j)): (m[0].copy(), m[1].copy()) for (i, j), m in zip(rec["idx"], rec["masks"])}
-
-
 # ----------------------------------------------------------------------------- image_list.txt
 
 def write_image_list(path: str | Path, names: list[str]) -> None:
     """Line k = the name of image k."""
     write_text_atomic(path, "".join(n + "\n" for n in names))
-
-
-def read_image_list(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise MirrorError(f"image list not found: {path}")
-    return [line for line in path.read_text().splitlines() if line.strip()]
 
 
 # ----------------------------------------------------------------------------- pycolmap conversion

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from PIL import Image
 
 from mirror_sfm.io_utils import atomic_path
+from mirror_sfm.labels import read_mask_png  # noqa: F401 (the reader, re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +113,3 @@ def write_mask_png(path: str | Path, mask: np.ndarray) -> None:
     """8-bit grey PNG, 255 = on; written atomically."""
     with atomic_path(path) as tmp:
         Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
-
-
-def read_mask_png(path: str | Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("L")) >= 128

@@ -27,10 +27,11 @@ import scipy.sparse as sp
 
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.io_utils import check_writable
+from mirror_sfm.labels import MASK_SIZE, combined_ratios, read_image_list, read_ratios
 
 from . import gl3d
 from .masks import MaskOptions, mask_png_name, overlapping_pairs, pair_masks, write_mask_png
-from .ratios import combined_ratios, directional_ratios, incidence_from_sets, track_sets
+from .ratios import directional_ratios, incidence_from_sets, track_sets
 from .triplets import Anchor, TripletOptions, build_manifest, positive_pairs, select_positives, write_manifest
 from .visibility import VisibilityOptions, element_ids, element_map, load_mesh, mesh_overlap, triangle_maps
 
@@ -49,7 +50,7 @@ class OverlapOptions:
     of the mesh, which means the mesh is not aligned with the model (0: accept any)."""
 
     resolution: int = 256
-    mask_size: int = gl3d.MASK_SIZE
+    mask_size: int = MASK_SIZE
     png_size: tuple[int, int] | None = None
     write_pngs: bool = True
     mask_min_fraction: float = 0.0
@@ -125,7 +126,7 @@ def _load_gl3d_scene(path: Path) -> Scene:
         raise MirrorError(f"{cams_path}: no cameras")
     list_path = path / "image_list.txt"
     n = max(c.idx for c in cams) + 1
-    names = gl3d.read_image_list(list_path) if list_path.is_file() else [f"{k:08d}.jpg" for k in range(n)]
+    names = read_image_list(list_path) if list_path.is_file() else [f"{k:08d}.jpg" for k in range(n)]
     if len(names) < n:
         raise MirrorError(f"{list_path}: {len(names)} names but {cams_path} has image index {n - 1}")
     rec = gl3d.reconstruction_from_gl3d(cams, names, where=str(cams_path))
@@ -133,7 +134,7 @@ def _load_gl3d_scene(path: Path) -> Scene:
     for c in cams:
         image_ids[c.idx] = c.idx + 1
     ct_path = path / "geolabel" / "common_track.txt"
-    ct = gl3d.read_ratios(ct_path, len(names)) if ct_path.is_file() else sp.csr_matrix((len(names), len(names)))
+    ct = read_ratios(ct_path, len(names)) if ct_path.is_file() else sp.csr_matrix((len(names), len(names)))
     return Scene(rec, names, image_ids, ct)
 
 
@@ -271,9 +272,9 @@ def triplets_from_geolabel(scene_dir: str | Path, out_path: str | Path | None = 
     mo_path, ct_path, list_path = geo / "mesh_overlap.txt", geo / "common_track.txt", scene_dir / "image_list.txt"
     if not mo_path.is_file():
         raise MirrorError(f"mesh overlap file not found: {mo_path}")
-    names = gl3d.read_image_list(list_path) if list_path.is_file() else None
-    mo = gl3d.read_ratios(mo_path, len(names) if names is not None else None)
-    ct = gl3d.read_ratios(ct_path, len(names) if names is not None else None) if ct_path.is_file() else None
+    names = read_image_list(list_path) if list_path.is_file() else None
+    mo = read_ratios(mo_path, len(names) if names is not None else None)
+    ct = read_ratios(ct_path, len(names) if names is not None else None) if ct_path.is_file() else None
     n = max(mo.shape[0], ct.shape[0] if ct is not None else 0)
     if names is None:
         names = [f"{k:08d}.jpg" for k in range(n)]
@@ -293,7 +294,7 @@ def triplets_from_geolabel(scene_dir: str | Path, out_path: str | Path | None = 
     bin_path = geo / "mask.bin"
     manifest = build_manifest(names, anchors, options, mask_path,
                               mask_bin=rel(bin_path) if bin_path.is_file() else None,
-                              mask_bin_size=gl3d.MASK_SIZE if bin_path.is_file() else None,
+                              mask_bin_size=MASK_SIZE if bin_path.is_file() else None,
                               png_dir=rel(png_dir) if png_dir.is_dir() else None)
     write_manifest(out_path, manifest)
     return anchors

@@ -2,12 +2,14 @@
 
 Sets are rows of a sparse image x element incidence matrix, so all pairwise intersections come from
 one sparse product, with no Python loop over pairs. Paper (MIRorR, eqs. 2-4): directional ratio
-r(i, j) = |S(i) & S(j)| / |S(i)|; symmetric ratio = sqrt(r(i, j) r(j, i)).
+r(i, j) = |S(i) & S(j)| / |S(i)|; symmetric ratio = sqrt(r(i, j) r(j, i)) and CO live in `mirror_sfm.labels`.
 """
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+
+from mirror_sfm.labels import combined_ratios, symmetric_ratios  # noqa: F401 (the reader's maths, re-exported)
 
 
 def incidence_from_sets(sets: list[np.ndarray], num_elements: int | None = None) -> sp.csr_matrix:
@@ -31,11 +33,6 @@ def directional_ratios(incidence: sp.csr_matrix) -> sp.csr_matrix:
     return sp.diags(inv) @ inter
 
 
-def symmetric_ratios(directional: sp.csr_matrix) -> sp.csr_matrix:
-    """Geometric mean sqrt(r(i, j) r(j, i)) of the two directions."""
-    return directional.multiply(directional.T).sqrt().tocsr()
-
-
 def track_sets(reconstruction) -> tuple[list[str], list[np.ndarray]]:
     """Names of registered images and, for each, the ids of the 3D points (tracks) it observes."""
     names, sets = [], []
@@ -51,10 +48,3 @@ def common_track_ratios(reconstruction) -> tuple[list[str], sp.csr_matrix]:
     """CT (eq. 2): image names and the sparse directional common-track ratio matrix."""
     names, sets = track_sets(reconstruction)
     return names, directional_ratios(incidence_from_sets(sets))
-
-
-def combined_ratios(ct: sp.csr_matrix, mo: sp.csr_matrix, t_sfm: float = 0.2) -> sp.csr_matrix:
-    """CO (eq. 4): 1 where the symmetric CT >= t_sfm, else the symmetric mesh-overlap ratio."""
-    ct_s, mo_s = symmetric_ratios(ct), symmetric_ratios(mo)
-    strong = (ct_s >= t_sfm).astype(np.float64)
-    return (strong + mo_s - mo_s.multiply(strong)).tocsr()

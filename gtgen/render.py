@@ -3,7 +3,7 @@
 Each triangle gets its own three vertices coloured with its id + 1 packed in 24 bits of RGB (0 is the
 background), drawn unlit (``RenderFlags.FLAT``), both sides, into a single-sample framebuffer (pyrender's
 4x MSAA is switched off, so no pixel blends two ids), z-buffered by the rasteriser. The viewport is the
-ray caster's grid (``visibility.grid_shape``) and the intrinsics are scaled to it, so pixel (r, c) is
+ray caster's grid (``engine.grid_shape``) and the intrinsics are scaled to it, so pixel (r, c) is
 sampled at the same image point as the ray caster's cell (r, c): ((c + 0.5) W / cols, (r + 0.5) H / rows).
 
 Pinhole cameras only: SIMPLE_PINHOLE, PINHOLE, or SIMPLE_RADIAL / RADIAL / OPENCV / FULL_OPENCV with all
@@ -23,6 +23,8 @@ import os
 import numpy as np
 
 from mirror_sfm.errors import MirrorError
+
+from .engine import grid_shape
 
 logger = logging.getLogger(__name__)
 
@@ -208,8 +210,6 @@ class MeshRasterizer:
 
     def triangle_map(self, camera, cam_from_world, resolution: int = 256) -> np.ndarray:
         """Same contract as ``visibility.triangle_map``: the ray caster's grid, -1 where nothing is seen."""
-        from .visibility import grid_shape
-
         fx, fy, cx, cy = pinhole_params(camera)
         rows, cols = grid_shape(camera.width, camera.height, resolution)
         sx, sy = cols / camera.width, rows / camera.height

@@ -31,8 +31,7 @@ import scipy.sparse as sp
 
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.io_utils import write_text_atomic
-
-MANIFEST_VERSION = 1
+from mirror_sfm.labels import MANIFEST_VERSION, read_manifest  # noqa: F401 (the reader, re-exported)
 
 
 @dataclasses.dataclass
@@ -118,17 +117,3 @@ def build_manifest(names: list[str], anchors: list[Anchor], options: TripletOpti
 def write_manifest(path: str | Path, manifest: dict) -> None:
     """Write the manifest JSON atomically."""
     write_text_atomic(path, json.dumps(manifest, indent=1) + "\n")
-
-
-def read_manifest(path: str | Path) -> dict:
-    """Load a manifest, checking its version."""
-    path = Path(path)
-    if not path.is_file():
-        raise MirrorError(f"triplet manifest not found: {path}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MirrorError(f"{path}: not valid JSON ({exc})") from None
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise MirrorError(f"{path}: manifest version {manifest.get('version')!r}, expected {MANIFEST_VERSION}")
-    return manifest

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.io_utils import atomic_path
 
+from .engine import RasterEngine, RayEngine, grid_shape
 from .ratios import directional_ratios, incidence_from_sets
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class MeshRayCaster:
         return np.asarray(self._intersector.intersects_first(np.ascontiguousarray(o), directions), np.int64)
 
 
-def make_engine(mesh, engine: str = "auto"):
+def make_engine(mesh, engine: str = "auto") -> RayEngine | RasterEngine:
     """A MeshRayCaster, or for engine 'pyrender' the rasteriser of ``gtgen.render``."""
     if engine == "pyrender":
         from .render import MeshRasterizer
@@ -138,12 +139,6 @@ def make_engine(mesh, engine: str = "auto"):
 
 
 # ----------------------------------------------------------------------------- rays
-
-def grid_shape(width: int, height: int, resolution: int) -> tuple[int, int]:
-    """(rows, cols) of the ray grid: long side `resolution`, aspect kept, at least 1."""
-    scale = resolution / max(width, height)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
 
 def grid_pixel_centres(width: int, height: int, shape: tuple[int, int]) -> np.ndarray:
     """(rows*cols, 2) image coordinates (COLMAP: pixel (0, 0) spans [0, 1]^2) of the grid cell centres, row-major."""
@@ -170,7 +165,7 @@ def camera_rays(camera, shape: tuple[int, int]) -> np.ndarray:
     return rays
 
 
-def triangle_map(caster: MeshRayCaster, camera, cam_from_world, resolution: int = 256,
+def triangle_map(caster: RayEngine | RasterEngine, camera, cam_from_world, resolution: int = 256,
                  rays_cam: np.ndarray | None = None) -> np.ndarray:
     """(rows, cols) int32 map of the first triangle seen through each grid cell centre (-1: none).
 
@@ -217,7 +212,7 @@ def _save_cached(path: Path, tri: np.ndarray, name: str) -> None:
 
 
 def triangle_maps(reconstruction, image_ids: list[int], mesh, options: VisibilityOptions | None = None,
-                  caster: MeshRayCaster | None = None) -> list[np.ndarray]:
+                  caster: RayEngine | RasterEngine | None = None) -> list[np.ndarray]:
     """Triangle map of every image in `image_ids` (in that order); cached per image when asked."""
     options = options or VisibilityOptions()
     if not image_ids:

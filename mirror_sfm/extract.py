@@ -1,7 +1,8 @@
 """Extract global and regional CNN descriptors for a folder of images into an h5 file (resumable).
 
 The whole image is used (resized so its long side is `resize`, never centre-cropped). From the last
-feature map: a global descriptor (MAC, GeM or R-MAC) and the 35 R-MAC regional vectors for PR-MAC.
+feature map (`RetrievalModel.describe`): a global descriptor (the model's own pooling: MAC, GeM or R-MAC) and
+the 35 R-MAC regional vectors for PR-MAC, stored unwhitened (retrieval picks the whitening).
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from . import features_io
 from .errors import MirrorError
 from .images import check_names, decode_image, list_images, resized_size  # noqa: F401 (resized_size: API)
 from .io_utils import check_writable, output_lock
-from .model import RetrievalModel, load_model
-from .pooling import RMAC_STEPS, gem, l2n, mac, regional_mac, rmac_from_regions
+from .model import RetrievalModel, check_pooling, load_model
+from .pooling import RMAC_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class ExtractionOptions:
 
     Attributes:
         resize: long side in px the whole image is resized to (never cropped; 384 ranked best and is fastest).
-        pooling: global descriptor: mac | gem | rmac.
+        pooling: global descriptor: model (the weights' own pooling; MAC for ImageNet) | mac | gem | rmac.
         regional: also store the 35 R-MAC regional vectors (needed by PR-MAC re-ranking).
         weights: 'default' (shipped fine-tuned weights, else ImageNet), 'imagenet', or a weights file path.
         batch_size: images per forward pass (consecutive images of one size are batched).
@@ -39,7 +40,7 @@ class ExtractionOptions:
     """
 
     resize: int = 384
-    pooling: str = "mac"
+    pooling: str = "model"
     regional: bool = True
     weights: str = "default"
     batch_size: int = 4
@@ -83,18 +84,9 @@ class ImageFolder(Dataset):
         return name, tensor, size, None
 
 
-def describe_maps(fmap: torch.Tensor, pooling: str, regional: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Global (B, C) and regional (B, R, C) L2-normalised descriptors of a feature map batch."""
-    regions = regional_mac(fmap, RMAC_STEPS) if (regional or pooling == "rmac") else None
-    if pooling == "mac":
-        glob = l2n(mac(fmap))
-    elif pooling == "gem":
-        glob = l2n(gem(fmap))
-    elif pooling == "rmac":
-        glob = rmac_from_regions(regions)
-    else:
-        raise MirrorError(f"unknown pooling {pooling!r}: choose mac, gem or rmac")
-    return glob, (l2n(regions) if regional else None)
+def pooling_of(options: ExtractionOptions, model: RetrievalModel) -> str:
+    """The global pooling extraction uses: `options.pooling`, or the model's own for "model"."""
+    return check_pooling(model.pooling if options.pooling == "model" else options.pooling)
 
 
 def extractor_signature(model: RetrievalModel, options: ExtractionOptions) -> dict:
@@ -103,8 +95,12 @@ def extractor_signature(model: RetrievalModel, options: ExtractionOptions) -> di
     for key, value in sorted(model.backbone.state_dict().items()):
         digest.update(key.encode())
         digest.update(value.detach().cpu().float().numpy().tobytes()[:4096])
-    return {"model": model.name, "weights_sha1": digest.hexdigest()[:16], "resize": options.resize,
-            "pooling": options.pooling, "regional": options.regional, "rmac_steps": list(RMAC_STEPS)}
+    pooling = pooling_of(options, model)
+    signature = {"model": model.name, "weights_sha1": digest.hexdigest()[:16], "resize": options.resize,
+                 "pooling": pooling, "regional": options.regional, "rmac_steps": list(RMAC_STEPS)}
+    if pooling == "gem":
+        signature["gem_p"] = model.gem_p
+    return signature
 
 
 @torch.no_grad()
@@ -143,6 +139,7 @@ def extract(image_dir: str | Path, output: str | Path, options: ExtractionOption
 def _extract_locked(image_dir: Path, output: Path, options: ExtractionOptions, image_names: list[str],
                     model: RetrievalModel, device: torch.device, signature: dict) -> ExtractionResult:
     """The extraction proper, run while this process holds `output`'s lock."""
+    pooling = pooling_of(options, model)
     f = features_io.open_work_file(output, signature)
     result = ExtractionResult(output, len(image_names), 0, 0)
     failed = True
@@ -167,7 +164,7 @@ def _extract_locked(image_dir: Path, output: Path, options: ExtractionOptions, i
             if not batch:
                 return
             images = torch.stack([t for _, t, _ in batch]).to(device)
-            glob, reg = describe_maps(model(images), options.pooling, options.regional)
+            glob, reg = model.describe(images, regional=options.regional, pooling=pooling)
             glob, reg = glob.cpu().numpy(), (reg.cpu().numpy() if reg is not None else None)
             features_io.write_batch(f, output, [
                 (name, glob[k], None if reg is None else reg[k], size, todo[name])

@@ -1,7 +1,10 @@
 """The retrieval model: a backbone plus how its feature map is pooled, and an optional whitening.
 
-Weights files are torch checkpoints `{"format": "mirror_sfm-weights-1", "backbone": name, "state_dict": ...,
-"whitening": {...} | None, "meta": {...}}`. `load_model("default")` takes the fine-tuned weights shipped in
+`RetrievalModel.describe` is the one descriptor (backbone -> pooling -> whitening) that extraction, training and
+evaluation use. Weights files are torch checkpoints `{"format": "mirror_sfm-weights-1", "backbone": name,
+"state_dict": ..., "pooling": {"name": "mac" | "gem" | "rmac", "p": GeM exponent}, "whitening": {...} | None,
+"meta": {...}}`, so a model trained with GeM is served with GeM; a file without "pooling" (older ones) takes
+`meta["pooling"]` when present, else MAC. `load_model("default")` takes the fine-tuned weights shipped in
 `mirror_sfm/weights/default.pt` when present, else the ImageNet initialisation, so a trained checkpoint
 drops in with no code change.
 """
@@ -15,6 +18,7 @@ from torch import nn
 
 from .backbones import Backbone, build_backbone
 from .errors import MirrorError
+from .pooling import GEM_P, POOLINGS, RMAC_STEPS, l2n, pool_global, regional_mac, rmac_from_regions
 from .whitening import Whitening
 
 logger = logging.getLogger(__name__)
@@ -25,13 +29,17 @@ PACKAGED_WEIGHTS = Path(__file__).parent / "weights" / "default.pt"
 
 
 class RetrievalModel(nn.Module):
-    """Backbone with its descriptor whitening; `forward` returns the feature map."""
+    """Backbone, its global pooling (`pooling`: mac | gem | rmac, `gem_p`) and its descriptor whitening;
+    `forward` returns the feature map, `describe` the descriptors."""
 
-    def __init__(self, backbone: Backbone, whitening: Whitening | None = None, meta: dict | None = None):
+    def __init__(self, backbone: Backbone, whitening: Whitening | None = None, meta: dict | None = None,
+                 pooling: str = "mac", gem_p: float = GEM_P):
         super().__init__()
         self.backbone = backbone
         self.whitening = whitening
         self.meta = dict(meta or {})
+        self.pooling = check_pooling(pooling)
+        self.gem_p = float(gem_p)
 
     @property
     def name(self) -> str:
@@ -41,9 +49,46 @@ class RetrievalModel(nn.Module):
         """RGB in [0, 1], (B, 3, H, W) -> feature map (B, C, h, w)."""
         return self.backbone(self.backbone.normalize(images))
 
+    def describe(self, images: torch.Tensor, regional: bool = False, whiten: bool = False,
+                 pooling: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """RGB in [0, 1], (B, 3, H, W) -> global (B, D) and, with `regional`, the 35 R-MAC regions (B, R, D),
+        each L2-normalised: backbone -> pooling -> whitening.
+
+        `pooling` overrides the model's own (an ablation); `whiten` applies the model's whitening (none when it
+        has none). Extraction stores unwhitened descriptors: retrieval chooses the whitening (none | model |
+        database) on the stored vectors, with the same maths as here.
+        """
+        return self.describe_map(self(images), regional, whiten, pooling)
+
+    def describe_map(self, fmap: torch.Tensor, regional: bool = False, whiten: bool = False,
+                     pooling: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`describe` from an already computed feature map (training reuses the map for its masked terms)."""
+        pooling = check_pooling(pooling or self.pooling)
+        regions = regional_mac(fmap, RMAC_STEPS) if (regional or pooling == "rmac") else None
+        glob = pool_global(fmap, pooling, self.gem_p, regions)
+        regions = l2n(regions) if regional else None
+        if whiten and self.whitening is not None:
+            if regions is not None:
+                regions = self._whiten(regions)
+            glob = rmac_from_regions(regions) if (pooling == "rmac" and regions is not None) else self._whiten(glob)
+        return glob, regions
+
+    def _whiten(self, x: torch.Tensor) -> torch.Tensor:
+        """`Whitening.apply` in torch, on x's device: L2(P (x - mean))."""
+        mean = torch.as_tensor(self.whitening.mean, device=x.device, dtype=x.dtype)
+        projection = torch.as_tensor(self.whitening.projection, device=x.device, dtype=x.dtype)
+        return l2n((x - mean) @ projection.T)
+
+
+def check_pooling(pooling: str) -> str:
+    """`pooling` when it is a global pooling name, else one MirrorError naming the choices."""
+    if pooling not in POOLINGS:
+        raise MirrorError(f"unknown pooling {pooling!r}: choose {', '.join(POOLINGS)}")
+    return pooling
+
 
 def save_weights(model: RetrievalModel, path: str | Path, half: bool = True) -> None:
-    """Save the model's weights (fp16 by default: a few MB) with its whitening and metadata, atomically."""
+    """Save the model's weights (fp16 by default: a few MB) with its pooling, whitening and metadata, atomically."""
     from .io_utils import atomic_path
 
     state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.backbone.state_dict().items()}
@@ -51,6 +96,7 @@ def save_weights(model: RetrievalModel, path: str | Path, half: bool = True) -> 
         "format": WEIGHTS_FORMAT,
         "backbone": model.backbone.info.name,
         "state_dict": state,
+        "pooling": {"name": model.pooling, "p": model.gem_p},
         "whitening": model.whitening.to_dict() if model.whitening is not None else None,
         "meta": model.meta,
     }
@@ -91,7 +137,10 @@ def load_model(weights: str | Path = "default", backbone: str = DEFAULT_BACKBONE
                           f"backbone {ckpt['backbone']} gives {net.info.channels}-d; re-fit it with 'mirror_sfm whiten'")
     meta = dict(ckpt.get("meta") or {})
     meta.setdefault("name", path.stem)
-    return RetrievalModel(net, whitening, meta)
+    pooling = ckpt.get("pooling") or {"name": meta.get("pooling") or "mac"}
+    if not isinstance(pooling, dict) or pooling.get("name") not in POOLINGS:
+        raise MirrorError(f"weights file {path}: unknown pooling {pooling!r} (mac, gem or rmac)")
+    return RetrievalModel(net, whitening, meta, pooling["name"], float(pooling.get("p", GEM_P)))
 
 
 def _check_state_fits(path: Path, name: str, net: torch.nn.Module, state: dict) -> None:

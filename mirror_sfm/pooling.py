@@ -113,6 +113,20 @@ class RMAC(nn.Module):
 
 
 POOLINGS = {"mac": MAC, "gem": GeM, "rmac": RMAC}
+GEM_P = 3.0  # GeM's exponent unless a model says otherwise
+
+
+def pool_global(x: torch.Tensor, pooling: str = "mac", p: float = GEM_P,
+                regions: torch.Tensor | None = None) -> torch.Tensor:
+    """Global L2-normalised descriptor (B, C) of a feature map: MAC, GeM with exponent `p`, or R-MAC (from the
+    unnormalised `regions` of `regional_mac` when already computed)."""
+    if pooling == "mac":
+        return l2n(mac(x))
+    if pooling == "gem":
+        return l2n(gem(x, p))
+    if pooling == "rmac":
+        return rmac_from_regions(regional_mac(x, RMAC_STEPS) if regions is None else regions)
+    raise ValueError(f"unknown pooling {pooling!r}; choose from {sorted(POOLINGS)}")
 
 
 def global_from_map(x: torch.Tensor, pooling: str) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Retrieval mAP on labelled scenes (gtgen output folders), through the real extraction + retrieval code.
+"""Retrieval mAP on labelled scenes (gtgen output folders, read by `mirror_sfm.labels`), through the real
+extraction + retrieval code.
 
 A scene folder holds ``image_list.txt``, ``geolabel/{common_track.txt, mesh_overlap.txt}`` and
 ``triplets.json`` (whose ``image_dir`` names the photos; else ``SCENE/images``). Every image is a query
@@ -8,7 +9,6 @@ ratio, ``mo:T`` = symmetric mesh overlap. Both AP definitions of `mirror_sfm.eva
 """
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
 from .errors import MirrorError
 from .evaluate import mean_average_precision
-from .extract import ExtractionOptions, extract
+from .extract import ExtractionOptions, extract, pooling_of
 from .features_io import read_descriptors
+from .labels import SceneLabels, load_scene_labels, scene_image_dir  # noqa: F401 (scene_image_dir: API)
 from .model import RetrievalModel, load_model
 from .retrieval import RetrievalOptions, choose_whitening, retrieve
 
@@ -53,65 +53,6 @@ def parse_gt(spec: str) -> tuple[str, float]:
     return crit, value
 
 
-def scene_image_dir(scene_dir: Path) -> Path:
-    """The photos of a labelled scene: triplets.json's image_dir (absolute or relative), else SCENE/images."""
-    manifest = scene_dir / "triplets.json"
-    given = None
-    if manifest.is_file():
-        try:
-            given = json.loads(manifest.read_text()).get("image_dir")
-        except json.JSONDecodeError as exc:
-            raise MirrorError(f"{manifest}: not valid JSON ({exc})") from None
-    path = scene_dir / given if given else scene_dir / "images"
-    if not path.is_dir():
-        raise MirrorError(f"image folder of scene {scene_dir} not found: {path}")
-    return path
-
-
-@dataclass
-class SceneLabels:
-    name: str
-    image_dir: Path
-    names: list[str]
-    ct: sp.csr_matrix   # directional ratios (N, N)
-    mo: sp.csr_matrix
-
-    def relevance(self, criterion: str, threshold: float, t_sfm: float = 0.2) -> sp.csr_matrix:
-        """Symmetric (N, N) bool matrix of relevant pairs (no diagonal)."""
-        from gtgen.ratios import combined_ratios, symmetric_ratios
-
-        if criterion == "co":
-            m = combined_ratios(self.ct, self.mo, t_sfm)
-        elif criterion == "ct":
-            m = symmetric_ratios(self.ct)
-        else:
-            m = symmetric_ratios(self.mo)
-        m = sp.csr_matrix(m >= threshold) if threshold > 0 else sp.csr_matrix(m > 0)
-        m.setdiag(False)
-        m.eliminate_zeros()
-        return m
-
-    def ground_truth(self, criterion: str, threshold: float, t_sfm: float = 0.2) -> dict[str, set[str]]:
-        rel = self.relevance(criterion, threshold, t_sfm)
-        return {self.names[i]: {self.names[j] for j in rel.indices[rel.indptr[i]:rel.indptr[i + 1]]}
-                for i in range(len(self.names))}
-
-
-def load_scene_labels(scene_dir: str | Path) -> SceneLabels:
-    """image_list.txt + geolabel ratio files of a gtgen/GL3D scene folder (common_track.txt optional)."""
-    from gtgen import gl3d
-
-    scene_dir = Path(scene_dir)
-    if not scene_dir.is_dir():
-        raise MirrorError(f"scene folder not found: {scene_dir}")
-    names = gl3d.read_image_list(scene_dir / "image_list.txt")
-    n = len(names)
-    mo = gl3d.read_ratios(scene_dir / "geolabel" / "mesh_overlap.txt", n)
-    ct_path = scene_dir / "geolabel" / "common_track.txt"
-    ct = gl3d.read_ratios(ct_path, n) if ct_path.is_file() else sp.csr_matrix((n, n))
-    return SceneLabels(scene_dir.name, scene_image_dir(scene_dir), names, ct, mo)
-
-
 def rank_scene(labels: SceneLabels, options: EvaluationOptions, model: RetrievalModel, features: Path
                ) -> dict[str, list[str]]:
     """Each image's ranked neighbours (names) by the extraction + retrieval code path."""
@@ -126,7 +67,8 @@ def rank_scene(labels: SceneLabels, options: EvaluationOptions, model: Retrieval
     names, glob, regional = read_descriptors(features, good, regional=options.retrieval.rerank == "prmac")
     whitening = choose_whitening(options.retrieval, model.whitening, regional, glob)
     ropts = RetrievalOptions(**{**options.retrieval.__dict__, "num_matched": max(options.ks)})
-    nn = retrieve(glob, regional, ropts, whitening=whitening, rmac_global=options.extraction.pooling == "rmac")
+    rmac_global = pooling_of(options.extraction, model) == "rmac"
+    nn = retrieve(glob, regional, ropts, whitening=whitening, rmac_global=rmac_global)
     return {names[q]: [names[j] for j in nn.indices[q] if j >= 0] for q in range(len(names))}
 
 

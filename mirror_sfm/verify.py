@@ -190,7 +190,9 @@ def light_sift_database(image_dir: str | Path, names: list[str], database: str |
                         options: VerifyOptions | None = None) -> Path:
     """Extract light SIFT (≤ `sift_max_num_features`, ≤ `sift_max_image_size` px) for `names` into `database`,
     a cache mirror_sfm owns; images already there are skipped (resume). Returns the database path."""
-    from .colmap import ReconstructionOptions, extract_sift, images_with_features
+    from .colmap.database import images_with_features
+    from .colmap.options import ReconstructionOptions
+    from .colmap.sift import extract_sift
 
     options = options or VerifyOptions()
     database = Path(database)

@@ -15,7 +15,8 @@ import numpy as np
 import pycolmap
 from tqdm import tqdm
 
-from .colmap import ReconstructionOptions, check_readable, extract_sift
+from .colmap.options import ReconstructionOptions
+from .colmap.sift import check_readable, extract_sift
 from .errors import MirrorError
 from .images import list_images
 from .io_utils import atomic_path, check_writable

@@ -209,3 +209,21 @@ def test_name_check_does_not_touch_the_database(sift_db, tmp_path):
     assert len(database_images(copy)) == NUM_IMAGES
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db.db"]
+
+
+def test_colmap_log_goes_to_a_file(sift_db, tmp_path, capfd):
+    """COLMAP's own log lands in OUT/colmap.log; stderr keeps mirror_sfm's few lines (all of it with verbose)."""
+    opts = ReconstructionOptions(pairs="sequential", sequential_overlap=3, database_template=sift_db)
+    capfd.readouterr()
+    reconstruct(FIXTURE, tmp_path / "quiet", opts)
+    err = capfd.readouterr().err
+    log = tmp_path / "quiet" / "colmap.log"
+    assert log.is_file() and log.stat().st_size > 0
+    assert "Registering image" in log.read_text() or "register" in log.read_text().lower()
+    assert err.count("\n") <= 15, err
+    assert not [line for line in err.split("\n") if line[:1] in "IW" and line[1:5].isdigit()], err  # no glog line
+    assert not list((tmp_path / "quiet").glob(".colmap.log.*"))
+
+    reconstruct(FIXTURE, tmp_path / "verbose", opts, verbose=True)
+    err = capfd.readouterr().err
+    assert err.count("\n") > 30 and (tmp_path / "verbose" / "colmap.log").stat().st_size > 0

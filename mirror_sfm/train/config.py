@@ -19,11 +19,13 @@ class ModelOptions:
     """`init`: starting weights (imagenet | a weights file). `freeze_blocks`: keep the stem and the first N
     backbone blocks fixed (cheaper steps on CPU; -1 freezes all blocks, training only the head).
     `freeze_bn`: BatchNorm keeps its ImageNet statistics (small batches). `mask_min_fraction`: share of a
-    feature cell's pixels a mask must cover for the cell to count in masked MAC."""
+    feature cell's pixels a mask must cover for the cell to count in masked MAC. `pooling` (mac | gem) and `gem_p`
+    (GeM's exponent): the global descriptor trained, saved in the weights file and served by extraction."""
 
     backbone: str = "efficientnet-lite0"
     init: str = "imagenet"
     pooling: str = "mac"
+    gem_p: float = 3.0
     freeze_blocks: int = 0
     freeze_bn: bool = True
     mask_min_fraction: float = 0.5

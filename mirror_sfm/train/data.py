@@ -1,4 +1,5 @@
-"""Training batches from gtgen label folders: a (3, N_b) matrix of images per step.
+"""Training batches from labelled scenes (gtgen output, read by `mirror_sfm.labels`): a (3, N_b) matrix of
+images per step.
 
 Row 0 holds anchors, row 1 a strong positive of each anchor, row 2 a weak positive; each column comes from
 another scene, so every image of another column is a negative. Each image comes with the overlap masks
@@ -22,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import MirrorError
-from ..scene_eval import scene_image_dir
+from ..labels import MANIFEST, MASK_SIZE, read_manifest, read_mask_bin, read_mask_png, scene_image_dir
 from .augment import AugmentOptions, crop_mask, jitter_colour, load_cropped, sample_crop
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class LabelledScene:
     names: list[str]
     anchors: list[AnchorLabels]          # anchors with at least one strong and one weak positive
     mask_bin: Path | None = None
-    mask_bin_size: int = 32
+    mask_bin_size: int = MASK_SIZE
     synthetic: bool = False
     num_listed_anchors: int = 0
     _bin_cache: dict | None = field(default=None, repr=False)
@@ -94,13 +95,10 @@ class LabelledScene:
 
     def pair_masks(self, i: int, pos: Positive) -> tuple[np.ndarray, np.ndarray] | None:
         """(mask over i of what pos.j sees, mask over pos.j of what i sees), or None when not labelled."""
-        from gtgen.masks import read_mask_png
-
         if pos.mask and pos.mask_other:
             return read_mask_png(self.root / pos.mask), read_mask_png(self.root / pos.mask_other)
         if self.mask_bin is not None:
             if self._bin_cache is None:
-                from gtgen.gl3d import read_mask_bin
                 self._bin_cache = read_mask_bin(self.mask_bin, self.mask_bin_size)
             j = pos.j
             rec = self._bin_cache.get((min(i, j), max(i, j)))
@@ -111,10 +109,8 @@ class LabelledScene:
 
 def load_scene(path: str | Path, name: str | None = None) -> LabelledScene:
     """Read SCENE/triplets.json (a gtgen manifest) into a LabelledScene."""
-    from gtgen.triplets import read_manifest
-
     path = Path(path)
-    manifest_path = path if path.is_file() else path / "triplets.json"
+    manifest_path = path if path.is_file() else path / MANIFEST
     scene_dir = manifest_path.parent
     manifest = read_manifest(manifest_path)
     names = list(manifest["images"])
@@ -132,7 +128,7 @@ def load_scene(path: str | Path, name: str | None = None) -> LabelledScene:
     usable = [a for a in anchors if a.strong and a.weak]
     name = name or scene_dir.name
     return LabelledScene(name, scene_dir, scene_image_dir(scene_dir), names, usable, mask_bin,
-                         int(masks.get("bin_size") or 32), name.startswith(SYNTHETIC_PREFIX), len(anchors))
+                         int(masks.get("bin_size") or MASK_SIZE), name.startswith(SYNTHETIC_PREFIX), len(anchors))
 
 
 # ----------------------------------------------------------------------------- splits

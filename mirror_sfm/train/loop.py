@@ -20,7 +20,6 @@ from tqdm import tqdm
 from ..errors import MirrorError
 from ..extract import resolve_device
 from ..model import RetrievalModel, load_model, save_weights
-from ..pooling import gem, l2n, mac
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelOptions, TrainConfig
 from .data import TripletBatches, load_scenes, split_scenes
@@ -32,6 +31,7 @@ logger = logging.getLogger(__name__)
 LOG_FIELDS = ["step", "loss", "easy", "weak", "hard", "mask", "d_pos", "d_neg", "rank_ok", "lr", "step_time",
               "data_time"]
 VAL_FIELDS = ["step", "scene", "gt", "queries", "metric", "value"]
+TRAIN_POOLINGS = ("mac", "gem")
 
 
 @dataclass
@@ -46,11 +46,15 @@ class TrainResult:
 # ----------------------------------------------------------------------------- model set-up
 
 def build_model(options: ModelOptions) -> RetrievalModel:
-    """Backbone from ImageNet or a weights file; any whitening it carries is dropped (descriptors change)."""
+    """Backbone from ImageNet or a weights file, with the training pooling (saved with the weights, so the model is
+    served as trained); any whitening it carries is dropped (descriptors change)."""
+    if options.pooling not in TRAIN_POOLINGS:
+        raise MirrorError(f"training pooling must be mac or gem, got {options.pooling!r}")
     model = load_model(options.init, backbone=options.backbone)
     if model.backbone.info.name != options.backbone:
         logger.info("initial weights %s hold backbone %s", options.init, model.backbone.info.name)
     model.whitening = None
+    model.pooling, model.gem_p = options.pooling, float(options.gem_p)
     return model
 
 
@@ -77,20 +81,12 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
                 m.eval()
 
 
-def global_descriptors(fmap: torch.Tensor, pooling: str) -> torch.Tensor:
-    if pooling == "mac":
-        return l2n(mac(fmap))
-    if pooling == "gem":
-        return l2n(gem(fmap))
-    raise MirrorError(f"training pooling must be mac or gem, got {pooling!r}")
-
-
 def batch_loss(model: RetrievalModel, batch: dict, config: TrainConfig, device: torch.device):
     """Forward a (3, N) batch and return (loss, terms)."""
     images = batch["images"].to(device, non_blocking=True)
     r, n = images.shape[:2]
     fmap = model(images.flatten(0, 1))
-    desc = global_descriptors(fmap, config.model.pooling).reshape(r, n, -1)
+    desc = model.describe_map(fmap)[0].reshape(r, n, -1)   # the descriptor extraction serves
     masked = None
     if config.loss.use_masks:
         fm = fmap.reshape(r, n, *fmap.shape[1:])
@@ -116,7 +112,7 @@ def validate(model: RetrievalModel, scene_dirs: list[Path], config: TrainConfig,
 
     run = config.run
     options = EvaluationOptions(gt=tuple(run.val_gt), ks=tuple(run.val_ks),
-                                extraction=ExtractionOptions(resize=run.val_resize, pooling=config.model.pooling,
+                                extraction=ExtractionOptions(resize=run.val_resize, pooling="model",
                                                              device=str(device), num_workers=0),
                                 retrieval=RetrievalOptions(rerank=run.val_rerank))
     model.eval()
@@ -132,11 +128,11 @@ def fit_training_whitening(model: RetrievalModel, scene_dirs: list[Path], config
 
     from ..extract import ExtractionOptions, extract
     from ..features_io import read_descriptors
-    from ..scene_eval import load_scene_labels
+    from ..labels import load_scene_labels
     from ..whitening import fit_pca_whitening
 
     vectors = []
-    opts = ExtractionOptions(resize=config.run.val_resize, pooling=config.model.pooling, device=str(device),
+    opts = ExtractionOptions(resize=config.run.val_resize, pooling="model", device=str(device),
                              num_workers=0)
     model.eval()
     with tempfile.TemporaryDirectory(prefix="mirror_whiten_") as tmp:
@@ -258,7 +254,7 @@ def _train(config: TrainConfig, out: Path, train_scenes, val_scenes, callback) -
             fit_training_whitening(model, list(train_scenes), config, device)
         weights = out / run.export
         model.meta = {"name": f"{model.backbone.info.name}-mirror-{Path(run.out).name}", "trained_steps": step,
-                      "train_scenes": [Path(p).name for p in train_scenes], "pooling": config.model.pooling,
+                      "train_scenes": [Path(p).name for p in train_scenes], "pooling": model.pooling,
                       "train_size": config.augment.size}
         save_weights(model.cpu(), weights)
         logger.info("weights (fp16) -> %s", weights)
