@@ -7,6 +7,7 @@ per scene (queries against their own scene) and pooled (every query against all 
 
 Usage: python benchmarks/choose_defaults.py [--resize 512 768 1024] [--out outputs/choose_defaults.json]
 """
+
 import argparse
 import itertools
 import json
@@ -84,8 +85,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", type=Path, default=Path("../shared/data/scenes"))
     ap.add_argument("--gt", type=Path, default=Path("outputs/track_gt"))
-    ap.add_argument("--scenes", nargs="*", default=["alexander", "ethiopian_head", "mary_rose", "mold_gold_cape",
-                                                     "statue_of_liberty"])
+    ap.add_argument(
+        "--scenes",
+        nargs="*",
+        default=["alexander", "ethiopian_head", "mary_rose", "mold_gold_cape", "statue_of_liberty"],
+    )
     ap.add_argument("--resize", nargs="*", type=int, default=[512, 768, 1024])
     ap.add_argument("--thresholds", nargs="*", type=float, default=[0.05, 0.2])
     ap.add_argument("--ks", nargs="*", type=int, default=[10, 20])
@@ -105,8 +109,9 @@ def main():
             speed.append((len(imgs), secs))
             print(f"resize {resize}: {s} described, {len(imgs) / secs:.2f} img/s", flush=True)
         ips = sum(n for n, _ in speed) / sum(t for _, t in speed)
-        configs = list(itertools.product(["mac", "gem", "rmac"], ["none", "prmac"],
-                                         ["none", "database", "other_scenes"], [0]))
+        configs = list(
+            itertools.product(["mac", "gem", "rmac"], ["none", "prmac"], ["none", "database", "other_scenes"], [0])
+        )
         configs += [("mac", "prmac", "none", 2), ("mac", "none", "none", 2)]
         for pooling, rerank, whitening, qe in configs:
             if whitening == "other_scenes" and len(scenes) < 2:
@@ -123,15 +128,29 @@ def main():
             if whitening != "other_scenes":
                 all_names = [f"{s}/{n}" for s in scenes for n in names[s]]
                 all_desc = {k: np.concatenate([descs[s][k] for s in scenes]) for k in descs[scenes[0]]}
-                all_gt = {t: {f"{s}/{q}": {f"{s}/{d}" for d in ds} for s in scenes for q, ds in gts[s][t].items()}
-                          for t in args.thresholds}
+                all_gt = {
+                    t: {f"{s}/{q}": {f"{s}/{d}" for d in ds} for s in scenes for q, ds in gts[s][t].items()}
+                    for t in args.thresholds
+                }
                 pooled = evaluate(all_names, all_desc, all_gt, pooling, rerank, whitening, qe, args.ks)
             mean = {}
             for key in per_scene[scenes[0]]:
-                mean[key] = {m: round(float(np.mean([per_scene[s][key][m] for s in scenes])), 4)
-                             for m in per_scene[scenes[0]][key] if m != "queries"}
-            rec = {"resize": resize, "pooling": pooling, "rerank": rerank, "whitening": whitening, "qe": qe,
-                   "img_per_s": round(ips, 2), "mean_per_scene": mean, "pooled": pooled, "per_scene": per_scene}
+                mean[key] = {
+                    m: round(float(np.mean([per_scene[s][key][m] for s in scenes])), 4)
+                    for m in per_scene[scenes[0]][key]
+                    if m != "queries"
+                }
+            rec = {
+                "resize": resize,
+                "pooling": pooling,
+                "rerank": rerank,
+                "whitening": whitening,
+                "qe": qe,
+                "img_per_s": round(ips, 2),
+                "mean_per_scene": mean,
+                "pooled": pooled,
+                "per_scene": per_scene,
+            }
             results.append(rec)
             keys = ("resize", "pooling", "rerank", "whitening", "qe", "mean_per_scene", "pooled")
             print(json.dumps({k: rec[k] for k in keys}), flush=True)

@@ -9,6 +9,7 @@ Peak memory is the process's peak RSS (VmHWM, Linux) minus its RSS after the imp
 
 Usage: python benchmarks/decode_memory.py [--megapixels 12 100] [--resize 384] [--repeats 3] [--out DIR]
 """
+
 import argparse
 import json
 import os
@@ -77,15 +78,20 @@ def make_jpeg(path: Path, megapixels: float, seed: int = 0) -> tuple[int, int]:
     field = Image.fromarray(rng.integers(0, 256, (h // 64 + 1, w // 64 + 1, 3), dtype=np.uint8))
     img = np.asarray(field.resize((w, h), Image.BICUBIC), dtype=np.int16)
     for y in range(0, h, 1024):  # noise in strips: bounded memory
-        strip = img[y:y + 1024]
+        strip = img[y : y + 1024]
         strip += rng.integers(-12, 13, strip.shape, dtype=np.int16)
     Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
     return w, h
 
 
 def measure(path: Path, mode: str, long_side: int, repeats: int) -> dict:
-    res = subprocess.run([sys.executable, "-c", CHILD, str(path), mode, str(long_side), str(repeats)],
-                         capture_output=True, text=True, cwd=REPO, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), mode, str(long_side), str(repeats)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -105,21 +111,39 @@ def main():
             size_mb = path.stat().st_size / 1e6
             for mode in MODES:
                 r = measure(path, mode, args.resize, args.repeats)
-                rows.append({"megapixels": round(w * h / 1e6, 1), "width": w, "height": h, "file_mb": round(size_mb, 1),
-                             "mode": mode, "median_s": round(sorted(r["times"])[len(r["times"]) // 2], 3),
-                             "peak_rss_mb": round(r["peak_mb"]), "over_base_mb": round(r["peak_mb"] - r["base_mb"]),
-                             "result": r["out"]})
+                rows.append(
+                    {
+                        "megapixels": round(w * h / 1e6, 1),
+                        "width": w,
+                        "height": h,
+                        "file_mb": round(size_mb, 1),
+                        "mode": mode,
+                        "median_s": round(sorted(r["times"])[len(r["times"]) // 2], 3),
+                        "peak_rss_mb": round(r["peak_mb"]),
+                        "over_base_mb": round(r["peak_mb"] - r["base_mb"]),
+                        "result": r["out"],
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
-    record = {"rows": rows, "resize": args.resize, "repeats": args.repeats,
-              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-              "python": platform.python_version()}
+    record = {
+        "rows": rows,
+        "resize": args.resize,
+        "repeats": args.repeats,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+    }
     (args.out / "decode_memory.json").write_text(json.dumps(record, indent=1))
-    lines = [f"| image | mode | time (median of {args.repeats}) | peak RSS | over baseline |",
-             "|---|---|---:|---:|---:|"]
+    lines = [
+        f"| image | mode | time (median of {args.repeats}) | peak RSS | over baseline |",
+        "|---|---|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['megapixels']:g} MP ({r['width']}×{r['height']}, {r['file_mb']:g} MB) "
-                     f"| {MODES[r['mode']]} | {r['median_s']:.3f} s | {r['peak_rss_mb']} MB "
-                     f"| +{r['over_base_mb']} MB |")
+        lines.append(
+            f"| {r['megapixels']:g} MP ({r['width']}×{r['height']}, {r['file_mb']:g} MB) "
+            f"| {MODES[r['mode']]} | {r['median_s']:.3f} s | {r['peak_rss_mb']} MB "
+            f"| +{r['over_base_mb']} MB |"
+        )
     (args.out / "decode_memory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -8,6 +8,7 @@ CO < 0.05 pair). A model that only learns "which scene is this" raises both with
     python benchmarks/descriptor_spread.py outputs/labels/alexander outputs/labels/statue_of_liberty_40 \
         --weights imagenet outputs/ablation/runs/B-mtl/weights.pt
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,11 +50,18 @@ def spread(scenes: list[Path], weights: str) -> list[dict]:
             s, c = sim[iu], co[iu]
             pos, neg = s[c >= 0.5], s[c < 0.05]
             auc = mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)) if len(pos) and len(neg) else float("nan")
-            rows.append({"weights": weights, "scene": scene.name, "pos_pairs": int(len(pos)),
-                         "neg_pairs": int(len(neg)),
-                         "cos_pos": float(pos.mean()) if len(pos) else float("nan"),
-                         "cos_neg_same_scene": float(neg.mean()) if len(neg) else float("nan"), "auc": float(auc)})
-    cross = [float((a @ b.T).mean()) for i, a in enumerate(descs) for b in descs[i + 1:]]
+            rows.append(
+                {
+                    "weights": weights,
+                    "scene": scene.name,
+                    "pos_pairs": int(len(pos)),
+                    "neg_pairs": int(len(neg)),
+                    "cos_pos": float(pos.mean()) if len(pos) else float("nan"),
+                    "cos_neg_same_scene": float(neg.mean()) if len(neg) else float("nan"),
+                    "auc": float(auc),
+                }
+            )
+    cross = [float((a @ b.T).mean()) for i, a in enumerate(descs) for b in descs[i + 1 :]]
     for r in rows:
         r["cos_other_scenes"] = float(np.mean(cross)) if cross else float("nan")
     return rows
@@ -69,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| weights | scene | cos CO≥0.5 | cos CO<0.05 (same scene) | cos other scenes | AUC CO≥0.5 vs <0.05 |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['weights']} | {r['scene']} | {r['cos_pos']:.3f} | {r['cos_neg_same_scene']:.3f} "
-              f"| {r['cos_other_scenes']:.3f} | {r['auc']:.3f} |")
+        print(
+            f"| {r['weights']} | {r['scene']} | {r['cos_pos']:.3f} | {r['cos_neg_same_scene']:.3f} "
+            f"| {r['cos_other_scenes']:.3f} | {r['auc']:.3f} |"
+        )
     if args.output:
         write_text_atomic(args.output, json.dumps(rows, indent=1) + "\n")
     return 0

@@ -4,6 +4,7 @@ Runs the library's `extract` on the same images at each --resize in one process 
 --repeats rounds so drift hits every setting alike) and reports images/s and the ratio to the first size.
 Usage: python benchmarks/extraction_speed.py [IMAGES] [--resize 512 1024] [--repeats 2]
 """
+
 import argparse
 import json
 import os
@@ -38,8 +39,15 @@ def main():
                 t = time.perf_counter()
                 extract(args.images, Path(tmp) / "f.h5", ExtractionOptions(resize=r), image_names=names, model=model)
                 secs[r].append(time.perf_counter() - t)
-    rows = [{"resize": r, "images": len(names), "img_per_s": round(len(names) / min(s), 2),
-             "ratio_vs_first": round(min(secs[args.resize[0]]) / min(s), 3)} for r, s in secs.items()]
+    rows = [
+        {
+            "resize": r,
+            "images": len(names),
+            "img_per_s": round(len(names) / min(s), 2),
+            "ratio_vs_first": round(min(secs[args.resize[0]]) / min(s), 3),
+        }
+        for r, s in secs.items()
+    ]
     for row in rows:
         print(json.dumps(row))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ the seconds spent describing the images and ranking them), overlap_map.md,
 pr.png (mean precision vs mean recall at ranks 1..max k) and topk.png (top 10 of a few queries; green =
 positive, red = not).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,18 +69,18 @@ GRID_TOP = 10
 class LabelOptions:
     """Which pairs are positives."""
 
-    label: str = "co"          # co | ct
-    threshold: float = 0.5     # CO >= threshold (label co)
+    label: str = "co"  # co | ct
+    threshold: float = 0.5  # CO >= threshold (label co)
     ct_threshold: float = 0.2  # symmetric CT >= ct_threshold (label ct)
-    t_sfm: float = 0.2         # CO = 1 where the symmetric CT >= t_sfm
+    t_sfm: float = 0.2  # CO = 1 where the symmetric CT >= t_sfm
 
 
 @dataclass
 class SceneGT:
     name: str
-    names: list[str]                 # image k of the GT files
-    positives: dict[str, set[str]]   # every image is a query; its positive database images
-    image_dir: Path | None           # where the images are (None: unknown; needed by --method and the grid)
+    names: list[str]  # image k of the GT files
+    positives: dict[str, set[str]]  # every image is a query; its positive database images
+    image_dir: Path | None  # where the images are (None: unknown; needed by --method and the grid)
 
 
 def gt_image_names(gt_dir: Path) -> list[str]:
@@ -197,8 +198,9 @@ def _group(pairs) -> dict[str, list[str]]:
     return {q: dedupe(v, q) for q, v in ranked.items()}
 
 
-def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Path,
-                       args: argparse.Namespace) -> tuple[dict[str, dict[str, list[str]]], dict[str, float]]:
+def retrieval_rankings(
+    scenes: list[SceneGT], pooled: bool, depth: int, work: Path, args: argparse.Namespace
+) -> tuple[dict[str, dict[str, list[str]]], dict[str, float]]:
     """mirror_sfm retrieval over each scene's GT images (or all of them pooled): (rankings per database,
     seconds of describing the images (0-ish when cached in `work`) and of ranking them)."""
     from mirror_sfm.extract import ExtractionOptions, extract
@@ -209,9 +211,10 @@ def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
 
     verified = args.verify == "sift"
     cnn_depth = max(depth, args.verify_shortlist) if verified else depth
-    options = PairsOptions(ExtractionOptions(resize=args.resize, weights=args.weights, device=args.torch_device),
-                           RetrievalOptions(num_matched=cnn_depth, rerank=args.rerank,
-                                            shortlist=max(args.shortlist, cnn_depth)))
+    options = PairsOptions(
+        ExtractionOptions(resize=args.resize, weights=args.weights, device=args.torch_device),
+        RetrievalOptions(num_matched=cnn_depth, rerank=args.rerank, shortlist=max(args.shortlist, cnn_depth)),
+    )
     t0 = time.perf_counter()
     model = load_model(args.weights)
     regional = args.rerank == "prmac"
@@ -230,13 +233,22 @@ def retrieval_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
         names = [f"{p[0]}/{n}" if pooled else n for p in parts for n in p[1]]
         glob = np.concatenate([p[2] for p in parts])
         reg = np.concatenate([p[3] for p in parts]) if regional else None
-        pairs, cnn = rank_pairs(names, glob, reg, replace(options, retrieval=replace(
-            options.retrieval, num_matched=min(cnn_depth, len(names) - 1))), model)
+        pairs, cnn = rank_pairs(
+            names,
+            glob,
+            reg,
+            replace(options, retrieval=replace(options.retrieval, num_matched=min(cnn_depth, len(names) - 1))),
+            model,
+        )
         if verified:
             t1 = time.perf_counter()
-            pairs = verified_ranking(pairs, cnn, sift_database(key, [s for s in scenes if s.name in
-                                                                     {p[0] for p in parts}], pooled, work, args),
-                                     args, depth)
+            pairs = verified_ranking(
+                pairs,
+                cnn,
+                sift_database(key, [s for s in scenes if s.name in {p[0] for p in parts}], pooled, work, args),
+                args,
+                depth,
+            )
             t_verify += time.perf_counter() - t1
         out[key] = _group(pairs)
     timing = {"features": t_features, "ranking": time.perf_counter() - t0 - t_verify}
@@ -275,10 +287,10 @@ def verified_ranking(pairs, cnn, database: Path, args: argparse.Namespace, depth
     per_query: dict[str, list[int]] = {}
     for i, (q, _) in enumerate(pairs):
         per_query.setdefault(q, []).append(i)
-    head = [i for idx in per_query.values() for i in idx[:options.shortlist]]
+    head = [i for idx in per_query.values() for i in idx[: options.shortlist]]
     scores = verify_pairs(database, [pairs[i] for i in head], options)
     top, _, _ = rerank_by_geometry([pairs[i] for i in head], [cnn[i] for i in head], scores, options.shortlist)
-    tails = {q: [pairs[i] for i in idx[options.shortlist:]] for q, idx in per_query.items()}
+    tails = {q: [pairs[i] for i in idx[options.shortlist :]] for q, idx in per_query.items()}
     out = []
     for q, ranked in _group(top).items():
         out += [(q, d) for d in ranked] + tails[q]
@@ -288,8 +300,11 @@ def verified_ranking(pairs, cnn, database: Path, args: argparse.Namespace, depth
 def method_label(args: argparse.Namespace) -> str:
     """How the reports name a method run here (when --name is not given)."""
     if args.method == "retrieval":
-        verified = (f", top {args.verify_shortlist} verified by SIFT ({args.verify_features} features)"
-                    if args.verify == "sift" else "")
+        verified = (
+            f", top {args.verify_shortlist} verified by SIFT ({args.verify_features} features)"
+            if args.verify == "sift"
+            else ""
+        )
         return f"retrieval (weights {args.weights}, rerank {args.rerank}, resize {args.resize}{verified})"
     verified = f", top {args.sv_candidates} verified" if args.sv_candidates else ""
     if args.sv_candidates and args.sv_features > 0:
@@ -303,13 +318,15 @@ def vocab_tree_for(args: argparse.Namespace, scene: str) -> Path:
         raise MirrorError("--method vocabtree needs --vocab-tree FILE (or a template with {scene})")
     path = Path(str(args.vocab_tree).replace("{scene}", scene))
     if not path.is_file():
-        raise MirrorError(f"vocab tree not found: {path} (for scene {scene}; build it with "
-                          "'mirror_sfm vocabtree build')")
+        raise MirrorError(
+            f"vocab tree not found: {path} (for scene {scene}; build it with 'mirror_sfm vocabtree build')"
+        )
     return path
 
 
-def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Path,
-                       args: argparse.Namespace) -> tuple[dict[str, dict[str, list[str]]], dict[str, float]]:
+def vocabtree_rankings(
+    scenes: list[SceneGT], pooled: bool, depth: int, work: Path, args: argparse.Namespace
+) -> tuple[dict[str, dict[str, list[str]]], dict[str, float]]:
     """COLMAP vocab-tree retrieval over SIFT of the GT images; pooled, one database merged from the scenes'.
     Returns the rankings and the seconds of SIFT (0-ish when cached in `work`) and of ranking, as
     `retrieval_rankings` does.
@@ -357,8 +374,9 @@ def vocabtree_rankings(scenes: list[SceneGT], pooled: bool, depth: int, work: Pa
                     pairing.match_list_path = str(match_list)
                 pairs = pycolmap.VocabTreePairGenerator(pairing, db).all_pairs()  # per query, in rank order
                 # num_images counts the query itself; when a tie pushes it out, COLMAP returns one image more
-                ranked.update({q: ds[:depth] for q, ds in _group((by_id[a], by_id[b]) for a, b in pairs).items()
-                               if q in queries})
+                ranked.update(
+                    {q: ds[:depth] for q, ds in _group((by_id[a], by_id[b]) for a, b in pairs).items() if q in queries}
+                )
         out[key] = ranked
     return out, {"features": t_features, "ranking": time.perf_counter() - t0}
 
@@ -390,19 +408,28 @@ def markdown(result: dict) -> str:
     ks = result["ks"]
     head = " | ".join(f"mAP@{k} (mirror) | AP@{k}" for k in ks)
     database = "pooled database" if result["pooled"] else "each scene searched alone"
-    lines = [f"## {result['name']}", "",
-             f"Positives: {result['positives']}; {database}.",
-             "", f"| scene | images | queries | empty GT | {head} |",
-             "|---|---:|---:|---:|" + "---:|" * (2 * len(ks))]
+    lines = [
+        f"## {result['name']}",
+        "",
+        f"Positives: {result['positives']}; {database}.",
+        "",
+        f"| scene | images | queries | empty GT | {head} |",
+        "|---|---:|---:|---:|" + "---:|" * (2 * len(ks)),
+    ]
     rows = list(result["scenes"].items()) + [("**all queries**", result["overall"])]
     for scene, r in rows:
         vals = " | ".join(f"{r['map'][str(k)]['mirror']:.3f} | {r['map'][str(k)]['ap_at_k']:.3f}" for k in ks)
-        lines.append(f"| {scene} | {r.get('num_images', result['num_images'])} | {r['num_queries']} "
-                     f"| {r['num_empty_gt']} | {vals} |")
+        lines.append(
+            f"| {scene} | {r.get('num_images', result['num_images'])} | {r['num_queries']} "
+            f"| {r['num_empty_gt']} | {vals} |"
+        )
     if "time_s" in result:
         t = result["time_s"]
-        lines += ["", f"Time: features {t['features']:.1f} s (SIFT or CNN descriptors; near 0 when cached in --work), "
-                      f"ranking {t['ranking']:.1f} s."]
+        lines += [
+            "",
+            f"Time: features {t['features']:.1f} s (SIFT or CNN descriptors; near 0 when cached in --work), "
+            f"ranking {t['ranking']:.1f} s.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -411,6 +438,7 @@ def _pyplot():
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -472,9 +500,11 @@ def topk_grid(examples: list[tuple[str, Path, list[tuple[Path, bool]]]], path: P
     plt.close(fig)
 
 
-def grid_examples(scene_of: dict[str, SceneGT], pooled: bool, rankings: dict[str, list[str]],
-                  gt: dict[str, set[str]], count: int) -> list:
+def grid_examples(
+    scene_of: dict[str, SceneGT], pooled: bool, rankings: dict[str, list[str]], gt: dict[str, set[str]], count: int
+) -> list:
     """`count` queries spread over the query list (those with positives), with their top-10 image paths."""
+
     def path(name: str) -> Path | None:
         scene_name, _, bare = name.partition("/") if pooled else (None, None, name)
         s = scene_of[scene_name] if pooled else next(iter(scene_of.values()))
@@ -492,11 +522,16 @@ def evaluate(args: argparse.Namespace) -> dict:
     labels = LabelOptions(args.label, args.threshold, args.ct_threshold, args.t_sfm)
     if args.images and len(args.images) != len(args.gt):
         raise MirrorError(f"--images takes one folder per --gt ({len(args.gt)}), got {len(args.images)}")
-    scenes = [load_gt(g, labels, find_image_dir(Path(g), args.images[i] if args.images else None, args.image_root))
-              for i, g in enumerate(args.gt)]
+    scenes = [
+        load_gt(g, labels, find_image_dir(Path(g), args.images[i] if args.images else None, args.image_root))
+        for i, g in enumerate(args.gt)
+    ]
     scene_names_unique(scenes)
-    positives = (f"CO >= {labels.threshold} (t_sfm {labels.t_sfm})" if labels.label == "co"
-                 else f"symmetric CT >= {labels.ct_threshold}")
+    positives = (
+        f"CO >= {labels.threshold} (t_sfm {labels.t_sfm})"
+        if labels.label == "co"
+        else f"symmetric CT >= {labels.ct_threshold}"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     databases = [pooled_gt(scenes)] if args.pooled else scenes
 
@@ -526,8 +561,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     curves, examples = {}, []
     for db in databases:
         ranked = rankings[db.name]
-        members = [(s, [f"{s.name}/{n}" for n in s.names] if args.pooled else s.names)
-                   for s in (scenes if args.pooled else [db])]
+        members = [
+            (s, [f"{s.name}/{n}" for n in s.names] if args.pooled else s.names)
+            for s in (scenes if args.pooled else [db])
+        ]
         for s, queries in members:
             r = score(ranked, db.positives, queries, ks)
             result["scenes"][s.name] = {"num_images": len(s.names), **r}
@@ -539,8 +576,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         all_rank.update({(db.name, q): v for q, v in ranked.items()})
         scene_of = {s.name: s for s in scenes} if args.pooled else {db.name: db}
         if len(examples) < args.grid_queries:
-            examples += grid_examples(scene_of, args.pooled, ranked, db.positives,
-                                      max(1, args.grid_queries // len(databases)))
+            examples += grid_examples(
+                scene_of, args.pooled, ranked, db.positives, max(1, args.grid_queries // len(databases))
+            )
     # overall: every query of every scene, each with its own scene's positives
     all_gt_keyed = {k: {(k[0], d) for d in v} for k, v in all_gt.items()}
     all_rank_keyed = {k: [(k[0], d) for d in v] for k, v in all_rank.items()}
@@ -556,15 +594,16 @@ def evaluate(args: argparse.Namespace) -> dict:
     if curves:
         pr_plot(curves, args.out / "pr.png", f"{name}\n{positives}")
     if examples:
-        topk_grid(examples[:args.grid_queries], args.out / "topk.png", f"top {GRID_TOP}: {name}")
+        topk_grid(examples[: args.grid_queries], args.out / "topk.png", f"top {GRID_TOP}: {name}")
     else:
         logger.warning("no image folder known: topk.png not drawn (give --images or --image-root)")
     return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--gt", type=Path, nargs="+", required=True, help="GT folders (gtgen output or GL3D scenes)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pairs", type=Path, nargs="+", help="pair files to score (one per --gt; one with --pooled)")
@@ -589,23 +628,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--shortlist", type=int, default=100)
     g.add_argument("--resize", type=int, default=384)
     g.add_argument("--torch-device", default="auto")
-    g.add_argument("--verify", choices=["none", "sift"], default="none",
-                   help="sift: re-rank each query's top --verify-shortlist by SIFT inliers (mirror_sfm.verify), "
-                        "with the first --verify-features of the SIFT below (shared with --method vocabtree)")
+    g.add_argument(
+        "--verify",
+        choices=["none", "sift"],
+        default="none",
+        help="sift: re-rank each query's top --verify-shortlist by SIFT inliers (mirror_sfm.verify), "
+        "with the first --verify-features of the SIFT below (shared with --method vocabtree)",
+    )
     g.add_argument("--verify-shortlist", type=int, default=30)
     g.add_argument("--verify-features", type=int, default=1024)
     g = p.add_argument_group("--method vocabtree (and the SIFT of --verify sift)")
-    g.add_argument("--vocab-tree", type=Path,
-                   help="tree file; '{scene}' in it is replaced by each scene's name (a tree made without that scene)")
-    g.add_argument("--sv-candidates", type=int, default=0,
-                   help="spatially verify the tree's top N and re-rank them by inliers (COLMAP's "
-                        "num_images_after_verification; 0 = plain tree)")
-    g.add_argument("--sv-features", type=int, default=-1,
-                   help="features per image used by the spatial verification, largest scale first "
-                        "(VocabTreePairingOptions.max_num_features; -1 = all, COLMAP's default)")
-    g.add_argument("--max-num-features", type=int, default=2048,
-                   help="SIFT per image (default %(default)s keeps a CPU run of a ~100-image scene under 30 min; "
-                        "COLMAP's own default is 8192)")
+    g.add_argument(
+        "--vocab-tree",
+        type=Path,
+        help="tree file; '{scene}' in it is replaced by each scene's name (a tree made without that scene)",
+    )
+    g.add_argument(
+        "--sv-candidates",
+        type=int,
+        default=0,
+        help="spatially verify the tree's top N and re-rank them by inliers (COLMAP's "
+        "num_images_after_verification; 0 = plain tree)",
+    )
+    g.add_argument(
+        "--sv-features",
+        type=int,
+        default=-1,
+        help="features per image used by the spatial verification, largest scale first "
+        "(VocabTreePairingOptions.max_num_features; -1 = all, COLMAP's default)",
+    )
+    g.add_argument(
+        "--max-num-features",
+        type=int,
+        default=2048,
+        help="SIFT per image (default %(default)s keeps a CPU run of a ~100-image scene under 30 min; "
+        "COLMAP's own default is 8192)",
+    )
     g.add_argument("--max-image-size", type=int, default=1600)
     return p.parse_args(argv)
 

@@ -17,6 +17,7 @@ verified methods and the trees. Each method's rankings are scored at CO >= 0.5 a
 Writes OUT/<method>/{co,ct}/overlap_map.json and OUT/suite.md (AP@10 per scene and method, both labels).
 Resumable: a method whose overlap_map.json exists is not run again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,16 +87,42 @@ def build_trees(labels: list[Path], work: Path, args: argparse.Namespace) -> Pat
 
 def run(method: str, labels: list[Path], args: argparse.Namespace, template: Path | None) -> None:
     out = args.out / method
-    common = ["--gt", *map(str, labels), "--image-root", str(args.image_root), "--work", str(args.out / "work"),
-              "--k", "10", "50", "--grid-queries", "0", "--max-num-features", str(args.max_num_features),
-              "--max-image-size", str(args.max_image_size)]
+    common = [
+        "--gt",
+        *map(str, labels),
+        "--image-root",
+        str(args.image_root),
+        "--work",
+        str(args.out / "work"),
+        "--k",
+        "10",
+        "50",
+        "--grid-queries",
+        "0",
+        "--max-num-features",
+        str(args.max_num_features),
+        "--max-image-size",
+        str(args.max_image_size),
+    ]
     if method == "cnn":
         extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "none"]
     elif method == "prmac":
         extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "prmac"]
     elif method.startswith("verified@"):
-        extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "prmac", "--verify", "sift",
-                 "--verify-shortlist", method.split("@")[1], "--verify-features", str(args.verify_features)]
+        extra = [
+            "--method",
+            "retrieval",
+            "--weights",
+            args.weights,
+            "--rerank",
+            "prmac",
+            "--verify",
+            "sift",
+            "--verify-shortlist",
+            method.split("@")[1],
+            "--verify-features",
+            str(args.verify_features),
+        ]
     else:
         extra = ["--method", "vocabtree", "--vocab-tree", str(template)]
         if method.startswith("vocabtree-sv"):
@@ -107,8 +134,23 @@ def run(method: str, labels: list[Path], args: argparse.Namespace, template: Pat
             raise SystemExit(f"{method} failed")
     if not (out / "ct" / "overlap_map.json").exists():
         pairs = [str(out / "co" / f"pairs-{p.name}.txt") for p in labels]
-        rescore = ["--gt", *map(str, labels), "--pairs", *pairs, "--label", "ct", "--k", "10", "50",
-                   "--grid-queries", "0", "--name", method, "--out", str(out / "ct")]
+        rescore = [
+            "--gt",
+            *map(str, labels),
+            "--pairs",
+            *pairs,
+            "--label",
+            "ct",
+            "--k",
+            "10",
+            "50",
+            "--grid-queries",
+            "0",
+            "--name",
+            method,
+            "--out",
+            str(out / "ct"),
+        ]
         if overlap_map.main(rescore) != 0:
             raise SystemExit(f"{method} (ct) failed")
 
@@ -117,8 +159,12 @@ def table(methods: list[str], labels: list[Path], out: Path) -> str:
     lines = []
     for label, title in (("co", "CO ≥ 0.5"), ("ct", "symmetric CT ≥ 0.2")):
         res = {m: json.loads((out / m / label / "overlap_map.json").read_text()) for m in methods}
-        lines += [f"AP@10, positives {title}:", "", "| scene | queries | " + " | ".join(methods) + " |",
-                  "|---|---:|" + "---:|" * len(methods)]
+        lines += [
+            f"AP@10, positives {title}:",
+            "",
+            "| scene | queries | " + " | ".join(methods) + " |",
+            "|---|---:|" + "---:|" * len(methods),
+        ]
         for p in labels:
             cells = []
             for m in methods:
@@ -126,24 +172,46 @@ def table(methods: list[str], labels: list[Path], out: Path) -> str:
                 cells.append(f"{s['map']['10']['ap_at_k']:.3f}" if s.get("num_queries") else "–")
             q = res[methods[0]]["scenes"][p.name].get("num_queries", 0)
             lines.append(f"| {p.name} | {q} | " + " | ".join(cells) + " |")
-        lines.append("| **all queries** | " + str(res[methods[0]]["overall"]["num_queries"]) + " | " + " | ".join(
-            f"**{res[m]['overall']['map']['10']['ap_at_k']:.3f}**" for m in methods) + " |")
+        lines.append(
+            "| **all queries** | "
+            + str(res[methods[0]]["overall"]["num_queries"])
+            + " | "
+            + " | ".join(f"**{res[m]['overall']['map']['10']['ap_at_k']:.3f}**" for m in methods)
+            + " |"
+        )
         times = [res[m].get("time_s", {}) for m in methods]
-        lines.append("| time (s): features / ranking / verification | | " + " | ".join(
-            " / ".join(f"{t.get(k, 0):.0f}" for k in ("features", "ranking", "verification")) for t in times) + " |")
+        lines.append(
+            "| time (s): features / ranking / verification | | "
+            + " | ".join(
+                " / ".join(f"{t.get(k, 0):.0f}" for k in ("features", "ranking", "verification")) for t in times
+            )
+            + " |"
+        )
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("labels", type=Path, nargs="+", help="labelled scene folders (gtgen output)")
     p.add_argument("--image-root", type=Path, required=True, help="ROOT/<scene>/images")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--methods", nargs="+",
-                   default=["cnn", "prmac", "verified@20", "verified@30", "verified@50", "vocabtree", "vocabtree-sv",
-                            "vocabtree-sv@1024"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=[
+            "cnn",
+            "prmac",
+            "verified@20",
+            "verified@30",
+            "verified@50",
+            "vocabtree",
+            "vocabtree-sv",
+            "vocabtree-sv@1024",
+        ],
+    )
     p.add_argument("--weights", default="default")
     p.add_argument("--verify-features", type=int, default=1024)
     p.add_argument("--max-num-features", type=int, default=2048)

@@ -20,6 +20,7 @@ is reported too. Each run is a fresh process.
 
     python benchmarks/ratios_scale.py [--cameras 1000] [--triangles-side 1000] [--window 158]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,9 +71,12 @@ def run(args: argparse.Namespace, traced: bool, queue) -> None:
 
     t0 = time.perf_counter()
     maps, tracks = make_input(args.cameras, args.triangles_side, args.window, args.resolution, args.points)
-    num_triangles = 2 * args.triangles_side ** 2
-    info = {"input_s": round(time.perf_counter() - t0, 1), "maps_mb": round(sum(m.nbytes for m in maps) / 2**20, 1),
-            "baseline_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    num_triangles = 2 * args.triangles_side**2
+    info = {
+        "input_s": round(time.perf_counter() - t0, 1),
+        "maps_mb": round(sum(m.nbytes for m in maps) / 2**20, 1),
+        "baseline_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
     steps: dict[str, dict] = {}
     state: dict = {}
     if traced:
@@ -98,24 +102,44 @@ def run(args: argparse.Namespace, traced: bool, queue) -> None:
     def positives():
         state["anchors"] = select_positives(state["co"], opts)
         state["pos"] = positive_pairs(state["anchors"])
+
     step("positives", positives)
 
     def mask_bin():
         state["pairs"] = overlapping_pairs(state["mo"], 0.0)
         state["bin_masks"] = pair_masks(maps, state["incidence"], state["pairs"], MaskOptions((32, 32)))
+
     step("mask_bin", mask_bin)
     state.pop("bin_masks")
-    step("mask_png", lambda: state.update(png=pair_masks(maps, state["incidence"], state["pos"],
-                                                         MaskOptions((args.png_size, args.png_size)))))
+    step(
+        "mask_png",
+        lambda: state.update(
+            png=pair_masks(maps, state["incidence"], state["pos"], MaskOptions((args.png_size, args.png_size)))
+        ),
+    )
     inc, co = state["incidence"], state["co"]
-    counts = {"triangles_per_camera": float(np.diff(inc.indptr).mean()),
-              "tracks_per_camera": float(np.mean([len(t) for t in tracks])),
-              "incidence_nnz": int(inc.nnz), "mo_nnz": int(state["mo"].nnz), "ct_nnz": int(state["ct"].nnz),
-              "co_pairs": int(sp.triu(co, 1).nnz), "co_pairs_ge_0.5": int((sp.triu(co, 1).tocsr().data >= 0.5).sum()),
-              "mask_bin_pairs": len(state["pairs"]), "positive_pairs": len(state["pos"]),
-              "anchors": len(state["anchors"])}
-    queue.put({"traced": traced, **info, "steps": steps, "total_s": round(sum(s["seconds"] for s in steps.values()), 2),
-               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **counts})
+    counts = {
+        "triangles_per_camera": float(np.diff(inc.indptr).mean()),
+        "tracks_per_camera": float(np.mean([len(t) for t in tracks])),
+        "incidence_nnz": int(inc.nnz),
+        "mo_nnz": int(state["mo"].nnz),
+        "ct_nnz": int(state["ct"].nnz),
+        "co_pairs": int(sp.triu(co, 1).nnz),
+        "co_pairs_ge_0.5": int((sp.triu(co, 1).tocsr().data >= 0.5).sum()),
+        "mask_bin_pairs": len(state["pairs"]),
+        "positive_pairs": len(state["pos"]),
+        "anchors": len(state["anchors"]),
+    }
+    queue.put(
+        {
+            "traced": traced,
+            **info,
+            "steps": steps,
+            "total_s": round(sum(s["seconds"] for s in steps.values()), 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            **counts,
+        }
+    )
 
 
 def main() -> None:
@@ -138,9 +162,18 @@ def main() -> None:
         p.join()
         print(json.dumps(results[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                                    "args": {k: v for k, v in vars(args).items() if k != "out"},
-                                    "plain": results[0], "tracemalloc": results[1]}, indent=1, default=str))
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                "args": {k: v for k, v in vars(args).items() if k != "out"},
+                "plain": results[0],
+                "tracemalloc": results[1],
+            },
+            indent=1,
+            default=str,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ a scene/method whose stats.json exists is not run again.
 
     python benchmarks/reconstruct_scenes.py --scenes mary_rose alexander
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,13 @@ def find_scenes(root: Path) -> dict[str, Path]:
 def base_options(args: argparse.Namespace, **kw) -> ReconstructionOptions:
     """Reconstruction options shared by all methods (SIFT, device, threads, mapper)."""
     return ReconstructionOptions(
-        num_matched=args.num_matched, max_image_size=args.max_image_size, max_num_features=args.max_num_features,
-        device=args.device, num_threads=args.num_threads, mapper=args.mapper, **kw,
+        num_matched=args.num_matched,
+        max_image_size=args.max_image_size,
+        max_num_features=args.max_num_features,
+        device=args.device,
+        num_threads=args.num_threads,
+        mapper=args.mapper,
+        **kw,
     )
 
 
@@ -78,11 +84,18 @@ def vocab_tree_for(scene: str, scenes: dict[str, Path], out: Path, args: argpars
         return path, json.loads(meta.read_text())["build_s"]
     databases = [base_database(s, scenes[s], out, args)[0] for s in others]
     t0 = time.perf_counter()
-    build_vocab_tree(None, path, num_words=args.vocab_words, database=databases,
-                     max_descriptors=args.vocab_max_descriptors, num_threads=args.num_threads)
+    build_vocab_tree(
+        None,
+        path,
+        num_words=args.vocab_words,
+        database=databases,
+        max_descriptors=args.vocab_max_descriptors,
+        num_threads=args.num_threads,
+    )
     build_s = round(time.perf_counter() - t0, 3)
-    write_text_atomic(meta, json.dumps({"trained_on": others, "num_words": args.vocab_words,
-                                        "build_s": build_s}, indent=2) + "\n")
+    write_text_atomic(
+        meta, json.dumps({"trained_on": others, "num_words": args.vocab_words, "build_s": build_s}, indent=2) + "\n"
+    )
     return path, build_s
 
 
@@ -115,15 +128,22 @@ def _pipeline_s(rec: dict) -> float:
 
 def markdown(records: list[dict]) -> str:
     """A table per scene: pairs, registered images, points, time and ratios vs exhaustive."""
-    lines = ["# Reconstruction by pair method", "",
-             "Time = pair generation + matching + mapping (SIFT is shared and listed per scene).", ""]
+    lines = [
+        "# Reconstruction by pair method",
+        "",
+        "Time = pair generation + matching + mapping (SIFT is shared and listed per scene).",
+        "",
+    ]
     for scene in sorted({r["scene"] for r in records}):
         rows = [r for r in records if r["scene"] == scene]
         exh = next((r for r in rows if r.get("method") == "exhaustive" and "error" not in r), None)
-        lines += [f"## {scene} (SIFT {rows[0].get('features_shared_s', 0):.1f} s)", "",
-                  "| method | pairs to match | verified pairs | registered / images | models | points | observations "
-                  "| track length | reproj. error (px) | time (s) | pairs vs exh. | time vs exh. |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## {scene} (SIFT {rows[0].get('features_shared_s', 0):.1f} s)",
+            "",
+            "| method | pairs to match | verified pairs | registered / images | models | points | observations "
+            "| track length | reproj. error (px) | time (s) | pairs vs exh. | time vs exh. |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in rows:
             if "error" in r:
                 lines.append(f"| {r['method']} | failed: {r['error']} | | | | | | | | | | |")
@@ -142,17 +162,27 @@ def markdown(records: list[dict]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data" / "scenes",
-                   help="folder of scenes, each with images/ (default: ../shared/data/scenes)")
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=REPO.parent / "shared" / "data" / "scenes",
+        help="folder of scenes, each with images/ (default: ../shared/data/scenes)",
+    )
     p.add_argument("--out", type=Path, default=Path("outputs/bench_reconstruct"))
     p.add_argument("--scenes", nargs="+", metavar="NAME", help="scene names to evaluate (default: all)")
-    p.add_argument("--exclude", nargs="+", default=[], metavar="NAME",
-                   help="scenes to leave out entirely, also from vocab-tree training (e.g. a subset of another scene)")
+    p.add_argument(
+        "--exclude",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="scenes to leave out entirely, also from vocab-tree training (e.g. a subset of another scene)",
+    )
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--num-matched", type=int, default=20, help="K for retrieval and vocab tree")
     p.add_argument("--vocab-words", type=int, default=4096)
-    p.add_argument("--vocab-max-descriptors", type=int, default=None,
-                   help="k-means training sample (default 64 per word)")
+    p.add_argument(
+        "--vocab-max-descriptors", type=int, default=None, help="k-means training sample (default 64 per word)"
+    )
     p.add_argument("--max-image-size", type=int, default=1600)
     p.add_argument("--max-num-features", type=int, default=8192)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -4,6 +4,7 @@ Every image is a query against all images (the SfM case). Each configuration run
 peak resident memory (ru_maxrss) is its own; the baseline is the same process's memory after creating the data.
 Usage: python benchmarks/retrieval_speed.py [--sizes 10000 100000] [--k 50] [--dim 256]
 """
+
 import argparse
 import json
 import multiprocessing as mp
@@ -20,6 +21,7 @@ def run(n: int, dim: int, k: int, exact_max: int, queue) -> None:
     import numpy as np
 
     from mirror_sfm.retrieval import RetrievalOptions, retrieve
+
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -34,9 +36,20 @@ def run(n: int, dim: int, k: int, exact_max: int, queue) -> None:
         sims = q @ x.T
         sims[np.arange(1000), np.arange(1000)] = -np.inf
         recall = float((nn.indices[:1000, 0] == sims.argmax(1)).mean())
-    queue.put({"n": n, "dim": dim, "k": k, "index": "exact" if n <= exact_max else "ivf", "seconds": round(secs, 2),
-               "queries_per_s": round(n / secs, 1), "data_mb": round(x.nbytes / 2**20, 1),
-               "baseline_rss_mb": round(base, 1), "peak_rss_mb": round(peak, 1), "ivf_recall@1": recall})
+    queue.put(
+        {
+            "n": n,
+            "dim": dim,
+            "k": k,
+            "index": "exact" if n <= exact_max else "ivf",
+            "seconds": round(secs, 2),
+            "queries_per_s": round(n / secs, 1),
+            "data_mb": round(x.nbytes / 2**20, 1),
+            "baseline_rss_mb": round(base, 1),
+            "peak_rss_mb": round(peak, 1),
+            "ivf_recall@1": recall,
+        }
+    )
 
 
 def main():
@@ -57,8 +70,11 @@ def main():
             p.join()
             print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": f"{platform.processor() or platform.machine()}, {mp.cpu_count()} cores",
-                                    "rows": rows}, indent=1))
+    args.out.write_text(
+        json.dumps(
+            {"machine": f"{platform.processor() or platform.machine()}, {mp.cpu_count()} cores", "rows": rows}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ Resumable: a method whose record is in results.json is not run again (--force ru
 --repeats R maps each method's matches R times with mapper seeds 0..R-1 (the record keeps every run and the
 spread of registered images): on scenes whose largest model varies from run to run one mapping cannot rank methods.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,11 +73,11 @@ VOCAB_KINDS = ("vocabtree", "vocabtree-sv")
 class Method:
     """One pair method of the comparison, parsed from its name (e.g. 'retrieval-imagenet@20')."""
 
-    name: str                  # as given on the command line: the record's key
-    kind: str                  # one of KINDS
-    k: int | None = None       # K (retrieval, vocab tree) or W (sequential)
+    name: str  # as given on the command line: the record's key
+    kind: str  # one of KINDS
+    k: int | None = None  # K (retrieval, vocab tree) or W (sequential)
     weights: str | None = None  # retrieval weights; None = --weights
-    match: str | None = None   # retrieval@match-M: the vocab-tree method whose pair count to match
+    match: str | None = None  # retrieval@match-M: the vocab-tree method whose pair count to match
 
     @property
     def slug(self) -> str:
@@ -94,12 +95,14 @@ def parse_method(name: str, default_k: int, default_window: int) -> Method:
     base, _, arg = name.partition("@")
     weights = None
     if base.startswith("retrieval-") and base != "retrieval-verified":
-        base, weights = "retrieval", base[len("retrieval-"):]
+        base, weights = "retrieval", base[len("retrieval-") :]
         if not weights:
             raise MirrorError(f"method {name!r}: no weights after 'retrieval-'")
     if base not in KINDS:
-        raise MirrorError(f"unknown method {name!r}: use {', '.join(KINDS)} (with @K), retrieval-WEIGHTS@K "
-                          f"or retrieval@match-vocabtree")
+        raise MirrorError(
+            f"unknown method {name!r}: use {', '.join(KINDS)} (with @K), retrieval-WEIGHTS@K "
+            f"or retrieval@match-vocabtree"
+        )
     if base == "exhaustive":
         if arg:
             raise MirrorError(f"method {name!r}: exhaustive takes no @ argument")
@@ -107,7 +110,7 @@ def parse_method(name: str, default_k: int, default_window: int) -> Method:
     if arg.startswith("match-"):
         if base != "retrieval":
             raise MirrorError(f"method {name!r}: only (unverified) retrieval can match another method's pair count")
-        target = parse_method(arg[len("match-"):], default_k, default_window)
+        target = parse_method(arg[len("match-") :], default_k, default_window)
         if target.kind not in VOCAB_KINDS:
             raise MirrorError(f"method {name!r}: can only match a vocab-tree method's pair count")
         return Method(name, base, None, weights, target.name)
@@ -166,13 +169,19 @@ def dataset_images(dataset: Path) -> tuple[Path, list[str] | None]:
 def base_options(args: argparse.Namespace, **kw) -> ReconstructionOptions:
     """Options shared by every method (SIFT, camera mode, device, threads, mapper)."""
     return ReconstructionOptions(
-        max_image_size=args.max_image_size, max_num_features=args.max_num_features, camera_mode=args.camera_mode,
-        device=args.device, num_threads=args.num_threads, mapper=args.mapper, **kw,
+        max_image_size=args.max_image_size,
+        max_num_features=args.max_num_features,
+        camera_mode=args.camera_mode,
+        device=args.device,
+        num_threads=args.num_threads,
+        mapper=args.mapper,
+        **kw,
     )
 
 
-def shared_features(image_dir: Path, names: list[str] | None, out: Path, args: argparse.Namespace
-                    ) -> tuple[Path, float]:
+def shared_features(
+    image_dir: Path, names: list[str] | None, out: Path, args: argparse.Namespace
+) -> tuple[Path, float]:
     """SIFT for the scene, once (resumable): (database, seconds of the extraction that made it)."""
     base = out / "features"
     timing_path = base / "timing.json"
@@ -183,26 +192,35 @@ def shared_features(image_dir: Path, names: list[str] | None, out: Path, args: a
         return seed_features(Path(args.features_from), base, readable, skipped, args)
     logger.info("SIFT for %d images of %s (shared by all methods)", len(readable), image_dir)
     database, seconds, _ = prepare_database(base, image_dir, readable, base_options(args))
-    write_text_atomic(timing_path, json.dumps({"sift_s": round(seconds, 3), "images": len(readable) + len(skipped),
-                                               "skipped": skipped}, indent=2) + "\n")
+    write_text_atomic(
+        timing_path,
+        json.dumps({"sift_s": round(seconds, 3), "images": len(readable) + len(skipped), "skipped": skipped}, indent=2)
+        + "\n",
+    )
     return database, round(seconds, 3)
 
 
-def seed_features(source: Path, base: Path, readable: list[str], skipped: list[str],
-                  args: argparse.Namespace) -> tuple[Path, float]:
+def seed_features(
+    source: Path, base: Path, readable: list[str], skipped: list[str], args: argparse.Namespace
+) -> tuple[Path, float]:
     """The shared database from another run's (its matches dropped); its SIFT time is that run's stats.json's."""
     from mirror_sfm.colmap import FEATURES_SIDECAR, clear_matches, database_images
 
     run = source.parent
     sidecar = run / FEATURES_SIDECAR
     if not source.is_file() or not sidecar.is_file():
-        raise MirrorError(f"--features-from {source}: needs a reconstruct database with its {FEATURES_SIDECAR} "
-                          "beside it")
-    want = {"max_image_size": args.max_image_size, "max_num_features": args.max_num_features,
-            "camera_mode": args.camera_mode}
+        raise MirrorError(
+            f"--features-from {source}: needs a reconstruct database with its {FEATURES_SIDECAR} beside it"
+        )
+    want = {
+        "max_image_size": args.max_image_size,
+        "max_num_features": args.max_num_features,
+        "camera_mode": args.camera_mode,
+    }
     if json.loads(sidecar.read_text()) != want:
-        raise MirrorError(f"--features-from {source}: made with other SIFT settings "
-                          f"({json.dumps(json.loads(sidecar.read_text()))})")
+        raise MirrorError(
+            f"--features-from {source}: made with other SIFT settings ({json.dumps(json.loads(sidecar.read_text()))})"
+        )
     if set(database_images(source)) != set(readable):
         raise MirrorError(f"--features-from {source}: holds other images than the readable images of this scene")
     base.mkdir(parents=True, exist_ok=True)
@@ -212,8 +230,14 @@ def seed_features(source: Path, base: Path, readable: list[str], skipped: list[s
     shutil.copyfile(sidecar, base / FEATURES_SIDECAR)
     stats = run / "stats.json"
     sift_s = json.loads(stats.read_text())["time_s"]["features"] if stats.is_file() else 0.0
-    write_text_atomic(base / "timing.json", json.dumps({"sift_s": sift_s, "images": len(readable) + len(skipped),
-                                                        "skipped": skipped, "from": str(source)}, indent=2) + "\n")
+    write_text_atomic(
+        base / "timing.json",
+        json.dumps(
+            {"sift_s": sift_s, "images": len(readable) + len(skipped), "skipped": skipped, "from": str(source)},
+            indent=2,
+        )
+        + "\n",
+    )
     return base / DATABASE_NAME, sift_s
 
 
@@ -236,8 +260,12 @@ def vocab_tree(image_dir: Path, out: Path, args: argparse.Namespace) -> tuple[Pa
             raise MirrorError(f"vocab-tree training data {src} overlaps the evaluated scene {image_dir}")
     path = out / "vocab" / f"tree-{args.vocab_words}.bin"
     meta_path = path.with_suffix(".json")
-    meta = {"num_words": args.vocab_words, "sources": sorted(str(s.resolve()) for s in sources),
-            "max_descriptors": args.vocab_max_descriptors, "max_num_features": args.max_num_features}
+    meta = {
+        "num_words": args.vocab_words,
+        "sources": sorted(str(s.resolve()) for s in sources),
+        "max_descriptors": args.vocab_max_descriptors,
+        "max_num_features": args.max_num_features,
+    }
     if path.exists() and meta_path.exists():
         old = json.loads(meta_path.read_text())
         if {k: old.get(k) for k in meta} == meta:
@@ -251,8 +279,14 @@ def vocab_tree(image_dir: Path, out: Path, args: argparse.Namespace) -> tuple[Pa
         _, names, _ = list_usable_images(folder)
         db, _, _ = prepare_database(out / "vocab" / f"sift-{i}", folder, names, base_options(args))
         databases.append(db)
-    build_vocab_tree(None, path, num_words=args.vocab_words, database=databases,
-                     max_descriptors=args.vocab_max_descriptors, num_threads=args.num_threads)
+    build_vocab_tree(
+        None,
+        path,
+        num_words=args.vocab_words,
+        database=databases,
+        max_descriptors=args.vocab_max_descriptors,
+        num_threads=args.num_threads,
+    )
     meta["build_s"] = round(time.perf_counter() - t0, 3)
     write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
     return path, meta["build_s"]
@@ -290,8 +324,9 @@ def retrieval_options(args: argparse.Namespace, weights: str | None, verified: b
     return PairsOptions(
         ExtractionOptions(resize=args.resize, weights=weights or args.weights, device=args.torch_device),
         RetrievalOptions(rerank=args.rerank, shortlist=args.shortlist),
-        verify=VerifyOptions(method="sift" if verified else "none", shortlist=args.verify_shortlist,
-                             num_features=args.verify_features),
+        verify=VerifyOptions(
+            method="sift" if verified else "none", shortlist=args.verify_shortlist, num_features=args.verify_features
+        ),
     )
 
 
@@ -304,8 +339,9 @@ def resolved_weights(weights: str) -> str:
     return f"default ({PACKAGED_WEIGHTS.name})" if PACKAGED_WEIGHTS.is_file() else "default (imagenet: none shipped)"
 
 
-def k_for_pair_count(image_dir: Path, names: list[str], run_dir: Path, target: int, weights: str | None,
-                     args: argparse.Namespace) -> tuple[int, int, float]:
+def k_for_pair_count(
+    image_dir: Path, names: list[str], run_dir: Path, target: int, weights: str | None, args: argparse.Namespace
+) -> tuple[int, int, float]:
     """Rank once at a large K and return (K, its pair count, seconds) so the count is closest to `target`."""
     from mirror_sfm.pairs import generate_pairs
 
@@ -313,8 +349,14 @@ def k_for_pair_count(image_dir: Path, names: list[str], run_dir: Path, target: i
     n = len(names)
     k_max = max(1, min(n - 1, max(args.shortlist, math.ceil(2 * target / max(n, 1)) + 5)))
     work = run_dir / "k_search"  # own descriptor cache: the method's run describes the images itself
-    pairs = generate_pairs(image_dir, work / f"pairs-top{k_max}.txt", num_matched=k_max, image_names=names,
-                           features=work / "global-feats.h5", options=retrieval_options(args, weights))
+    pairs = generate_pairs(
+        image_dir,
+        work / f"pairs-top{k_max}.txt",
+        num_matched=k_max,
+        image_names=names,
+        features=work / "global-feats.h5",
+        options=retrieval_options(args, weights),
+    )
     ranked: dict[str, list[str]] = {}
     for q, d in pairs:
         ranked.setdefault(q, []).append(d)
@@ -330,8 +372,14 @@ def k_for_pair_count(image_dir: Path, names: list[str], run_dir: Path, target: i
 # --------------------------------------------------------------------------------------------
 
 
-def run_method(method: Method, image_dir: Path, names: list[str] | None, out: Path, records: dict[str, dict],
-               args: argparse.Namespace) -> dict:
+def run_method(
+    method: Method,
+    image_dir: Path,
+    names: list[str] | None,
+    out: Path,
+    records: dict[str, dict],
+    args: argparse.Namespace,
+) -> dict:
     """Reconstruct the scene with one method from the shared SIFT database; return its record."""
     database, sift_s = shared_features(image_dir, names, out, args)
     run_dir = out / "methods" / method.slug
@@ -354,11 +402,18 @@ def run_method(method: Method, image_dir: Path, names: list[str] | None, out: Pa
             if "pairs_to_match" not in target:
                 raise MirrorError(f"cannot match the pair count of {method.match}: it has no result")
             usable = list_usable_images(image_dir, names)[1]
-            k, count, record["k_search_s"] = k_for_pair_count(image_dir, usable, run_dir, target["pairs_to_match"],
-                                                              method.weights, args)
+            k, count, record["k_search_s"] = k_for_pair_count(
+                image_dir, usable, run_dir, target["pairs_to_match"], method.weights, args
+            )
             record.update(matched_method=method.match, target_pairs=target["pairs_to_match"], expected_pairs=count)
-            logger.info("%s: K=%d gives %d pairs (target %d, from %s)", method.name, k, count,
-                        target["pairs_to_match"], method.match)
+            logger.info(
+                "%s: K=%d gives %d pairs (target %d, from %s)",
+                method.name,
+                k,
+                count,
+                target["pairs_to_match"],
+                method.match,
+            )
         verified = method.kind == "retrieval-verified"
         ropts = retrieval_options(args, method.weights, verified)
         opts = replace(opts, pairs="retrieval", num_matched=k, retrieval_kwargs={"options": ropts})
@@ -372,18 +427,28 @@ def run_method(method: Method, image_dir: Path, names: list[str] | None, out: Pa
     if args.repeats > 1:
         record["repeats"] = repeat_mapping(run_dir, image_dir, opts, stats, args.repeats)
         registered = [r["registered"] for r in record["repeats"]]
-        record.update(registered_min=min(registered), registered_max=max(registered),
-                      registered_mean=round(sum(registered) / len(registered), 2))
+        record.update(
+            registered_min=min(registered),
+            registered_max=max(registered),
+            registered_mean=round(sum(registered) / len(registered), 2),
+        )
     if not args.keep_databases:
         (run_dir / DATABASE_NAME).unlink(missing_ok=True)
     t = stats["time_s"]
     method_s = round(t["pairs"] + t["matching"] + t["mapping"], 3)
-    return {**record, **{k: v for k, v in stats.items() if k != "method"}, "pair_method": stats["method"],
-            "sift_shared_s": sift_s, "method_s": method_s, "total_with_sift_s": round(method_s + sift_s, 3)}
+    return {
+        **record,
+        **{k: v for k, v in stats.items() if k != "method"},
+        "pair_method": stats["method"],
+        "sift_shared_s": sift_s,
+        "method_s": method_s,
+        "total_with_sift_s": round(method_s + sift_s, 3),
+    }
 
 
-def repeat_mapping(run_dir: Path, image_dir: Path, opts: ReconstructionOptions, first: dict, repeats: int
-                   ) -> list[dict]:
+def repeat_mapping(
+    run_dir: Path, image_dir: Path, opts: ReconstructionOptions, first: dict, repeats: int
+) -> list[dict]:
     """Map the method's matches again with seeds 1..repeats-1 (the first run used seed 0); one row per run."""
     from mirror_sfm.colmap import model_stats, run_mapping
 
@@ -391,10 +456,16 @@ def repeat_mapping(run_dir: Path, image_dir: Path, opts: ReconstructionOptions, 
     rows = [{"seed": 0, **{k: first.get(k) for k in keys}}]
     for seed in range(1, repeats):
         t0 = time.perf_counter()
-        models = run_mapping(run_dir / DATABASE_NAME, image_dir, run_dir / f"repeat-{seed}",
-                             replace(opts, mapper_seed=seed))
-        rows.append({"seed": seed, **{k: model_stats(models).get(k) for k in keys},
-                     "mapping_s": round(time.perf_counter() - t0, 3)})
+        models = run_mapping(
+            run_dir / DATABASE_NAME, image_dir, run_dir / f"repeat-{seed}", replace(opts, mapper_seed=seed)
+        )
+        rows.append(
+            {
+                "seed": seed,
+                **{k: model_stats(models).get(k) for k in keys},
+                "mapping_s": round(time.perf_counter() - t0, 3),
+            }
+        )
         logger.info("repeat %d: %d registered", seed, rows[-1]["registered"])
     return rows
 
@@ -423,12 +494,16 @@ def markdown(records: list[dict], title: str) -> str:
     """The paper's table columns plus per-stage time; failed methods get one line with the error."""
     ok = [r for r in records if "error" not in r]
     sift = ok[0]["sift_shared_s"] if ok else 0.0
-    lines = [f"## {title}", "",
-             f"SIFT extracted once for all methods in {sift:.1f} s (not in the times below). "
-             "Total = pair generation + matching + mapping.", "",
-             "| method | K | images | registered | pairs to match | verified pairs | sparse points | observations "
-             "| mean track length | mean reproj. error (px) | pairs (s) | matching (s) | mapping (s) | total (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"## {title}",
+        "",
+        f"SIFT extracted once for all methods in {sift:.1f} s (not in the times below). "
+        "Total = pair generation + matching + mapping.",
+        "",
+        "| method | K | images | registered | pairs to match | verified pairs | sparse points | observations "
+        "| mean track length | mean reproj. error (px) | pairs (s) | matching (s) | mapping (s) | total (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in records:
         if "error" in r:
             lines.append(f"| {r['method']} | failed: {r['error']} |" + " |" * 12)
@@ -466,9 +541,11 @@ def bar_chart(records: list[dict], path: Path, title: str) -> None:
     x = range(len(ok))
     fig, axes = plt.subplots(1, 4, figsize=(4 + 2.2 * len(ok), 4), squeeze=False)
     axes = axes[0]
-    panels = [("registered images", [r["registered"] for r in ok]),
-              ("pairs to match", [r["pairs_to_match"] for r in ok]),
-              ("sparse points", [r["sparse_points"] for r in ok])]
+    panels = [
+        ("registered images", [r["registered"] for r in ok]),
+        ("pairs to match", [r["pairs_to_match"] for r in ok]),
+        ("sparse points", [r["sparse_points"] for r in ok]),
+    ]
     for ax, (label, values) in zip(axes, panels):
         bars = ax.bar(x, values, color="tab:blue")
         ax.bar_label(bars, fontsize=7)
@@ -503,8 +580,9 @@ def write_reports(records: list[dict], out: Path, title: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("dataset", type=Path, help="1DSfM scene (images/ + optional list.txt) or a folder of images")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--methods", nargs="+", default=["exhaustive", "retrieval@20", "sequential"])
@@ -513,9 +591,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-matched", type=int, default=20, help="default K for retrieval and vocab tree")
     p.add_argument("--sequential-overlap", type=int, default=10, help="default W for sequential")
     p.add_argument("--repeats", type=int, default=1, help="map each method's matches R times (seeds 0..R-1)")
-    p.add_argument("--features-from", type=Path, metavar="DB",
-                   help="start the shared SIFT from this reconstruct database (same SIFT settings; e.g. a label's "
-                        "reconstruction/database.db) instead of extracting it")
+    p.add_argument(
+        "--features-from",
+        type=Path,
+        metavar="DB",
+        help="start the shared SIFT from this reconstruct database (same SIFT settings; e.g. a label's "
+        "reconstruction/database.db) instead of extracting it",
+    )
     g = p.add_argument_group("vocabulary tree (never trained on the evaluated scene)")
     g.add_argument("--vocab-tree", type=Path, help="tree file from 'mirror_sfm vocabtree build'")
     g.add_argument("--vocab-images", type=Path, nargs="+", help="build the tree from these image folders")
@@ -533,9 +615,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--torch-device", default="auto", help="CNN device: auto | cpu | cuda")
     g = p.add_argument_group("COLMAP")
     g.add_argument("--max-image-size", type=int, default=1600)
-    g.add_argument("--max-num-features", type=int, default=2048,
-                   help="SIFT per image (default %(default)s keeps a CPU run of a ~100-image scene under 30 min; "
-                        "COLMAP's own default is 8192)")
+    g.add_argument(
+        "--max-num-features",
+        type=int,
+        default=2048,
+        help="SIFT per image (default %(default)s keeps a CPU run of a ~100-image scene under 30 min; "
+        "COLMAP's own default is 8192)",
+    )
     g.add_argument("--camera-mode", default="auto", choices=["auto", "single", "per_image"])
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.add_argument("--num-threads", type=int, default=-1)
@@ -567,8 +653,11 @@ def compare(args: argparse.Namespace) -> list[dict]:
         list_images(image_dir)  # MirrorError now for an empty or missing folder
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
-    done = {r["method"]: r for r in (json.loads(results_path.read_text()) if results_path.exists() else [])
-            if "error" not in r}
+    done = {
+        r["method"]: r
+        for r in (json.loads(results_path.read_text()) if results_path.exists() else [])
+        if "error" not in r
+    }
     scene = args.dataset.resolve()
     scene = scene.parent if scene.name == "images" else scene
     title = f"{scene.name}: {args.max_num_features} SIFT features"
@@ -590,8 +679,11 @@ def compare(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_command("sfm_comparison", lambda: print(markdown(compare(args), args.dataset.name)),
-                       "finished methods are kept in results.json; re-run to resume")
+    return run_command(
+        "sfm_comparison",
+        lambda: print(markdown(compare(args), args.dataset.name)),
+        "finished methods are kept in results.json; re-run to resume",
+    )
 
 
 if __name__ == "__main__":

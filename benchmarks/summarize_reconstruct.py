@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/summarize_reconstruct.py [outputs/bench_reconstruct]
 """
+
 import json
 import sys
 from pathlib import Path

@@ -7,6 +7,7 @@ model), images registered in any model (COLMAP's models may share images), numbe
 verified pairs, points (largest model) and total time (pairs + matching + mapping; SIFT is shared and not
 counted), with pairs, points and time also as a fraction of the same scene's exhaustive row when there is one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sfm_comparison import method_slug  # noqa: E402
 
-COLUMNS = ("scene | method | registered / images | in any model | models | pairs | verified | points | total (s) "
-           "| pairs vs exh. | points vs exh. | time vs exh.")
+COLUMNS = (
+    "scene | method | registered / images | in any model | models | pairs | verified | points | total (s) "
+    "| pairs vs exh. | points vs exh. | time vs exh."
+)
 
 
 def any_model(out_dir: Path, record: dict) -> int | str:
@@ -48,11 +51,15 @@ def rows(out_dir: Path) -> list[str]:
         a, b = (seconds(r), seconds(base)) if key == "time" else (r[key], base[key])
         return f"{a / b:.2f}" if b else "–"
 
-    return [f"| {out_dir.name} | {r['method']} | failed: {r['error']} |" + " |" * 9 if "error" in r else
-            f"| {out_dir.name} | {r['method']} | {r['registered']} / {r['images']} | {any_model(out_dir, r)} "
-            f"| {r['num_models']} | {r['pairs_to_match']} "
-            f"| {r['verified_pairs']} | {r['sparse_points']} | {seconds(r):.1f} "
-            f"| {ratio(r, 'pairs_to_match')} | {ratio(r, 'sparse_points')} | {ratio(r, 'time')} |" for r in records]
+    return [
+        f"| {out_dir.name} | {r['method']} | failed: {r['error']} |" + " |" * 9
+        if "error" in r
+        else f"| {out_dir.name} | {r['method']} | {r['registered']} / {r['images']} | {any_model(out_dir, r)} "
+        f"| {r['num_models']} | {r['pairs_to_match']} "
+        f"| {r['verified_pairs']} | {r['sparse_points']} | {seconds(r):.1f} "
+        f"| {ratio(r, 'pairs_to_match')} | {ratio(r, 'sparse_points')} | {ratio(r, 'time')} |"
+        for r in records
+    ]
 
 
 def markdown(out_dirs: list[Path]) -> str:

@@ -8,6 +8,7 @@ and evaluations (JSON) are skipped, so the script resumes; `--table-only` just p
     python benchmarks/train_ablation.py --only imagenet-mac-prmac B-mtl
     python benchmarks/train_ablation.py --table-only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,29 +23,72 @@ CPU = ["run.threads=1", "run.validate_every=0", "run.checkpoint_every=100", "run
 VARIANTS: dict[str, tuple[str, list[str] | None, int, list[str]]] = {
     "imagenet-mac": ("ImageNet init, MAC", None, 0, ["--pooling", "mac", "--rerank", "none"]),
     "imagenet-rmac": ("ImageNet init, R-MAC", None, 0, ["--pooling", "rmac", "--rerank", "none"]),
-    "imagenet-mac-prmac": ("ImageNet init, MAC + PR-MAC (the shipped default)", None, 0,
-                           ["--pooling", "mac", "--rerank", "prmac"]),
-    "C-tl": ("TL: easy term only (eqs. 5-6), no masks, lr 2e-3, 8 blocks frozen",
-             ["loss.use_masks=false", "loss.lambda_weak=0", "loss.lambda_hard=0", "model.freeze_blocks=8"], 400, []),
-    "A-batched": ("batched easy+weak+hard (eq. 8), no masks, lr 2e-3, 8 blocks frozen",
-                  ["loss.use_masks=false", "model.freeze_blocks=8"], 400, []),
-    "D-mtl-noweak": ("MTL (eq. 7) without weak/hard terms, lr 2e-3, 8 blocks frozen",
-                     ["loss.use_masks=true", "loss.lambda_weak=0", "loss.lambda_hard=0", "model.freeze_blocks=8"],
-                     400, []),
-    "B-mtl": ("MTL + batched (eqs. 7-8, the paper's loss), lr 2e-3, 8 blocks frozen",
-              ["loss.use_masks=true", "model.freeze_blocks=8"], 400, []),
-    "E-batched-lr2e-4": ("batched, no masks, lr 2e-4, 8 blocks frozen",
-                         ["loss.use_masks=false", "optim.lr=0.0002", "model.freeze_blocks=8"], 300, []),
-    "H-mtl-lr2e-4": ("MTL + batched, lr 2e-4, 8 blocks frozen",
-                     ["loss.use_masks=true", "optim.lr=0.0002", "model.freeze_blocks=8"], 300, []),
-    "I-mtl-lr1e-4": ("MTL + batched, lr 1e-4, 8 blocks frozen",
-                     ["loss.use_masks=true", "optim.lr=0.0001", "model.freeze_blocks=8"], 300, []),
-    "J-mtl-lr5e-5": ("MTL + batched, lr 5e-5, 8 blocks frozen",
-                     ["loss.use_masks=true", "optim.lr=0.00005", "model.freeze_blocks=8"], 300, []),
-    "F-batched-head-lr2e-4": ("batched, no masks, lr 2e-4, head conv only",
-                              ["loss.use_masks=false", "optim.lr=0.0002", "model.freeze_blocks=-1"], 300, []),
-    "G-mtl-head-lr2e-3": ("MTL + batched, lr 2e-3, head conv only",
-                          ["loss.use_masks=true", "model.freeze_blocks=-1"], 300, []),
+    "imagenet-mac-prmac": (
+        "ImageNet init, MAC + PR-MAC (the shipped default)",
+        None,
+        0,
+        ["--pooling", "mac", "--rerank", "prmac"],
+    ),
+    "C-tl": (
+        "TL: easy term only (eqs. 5-6), no masks, lr 2e-3, 8 blocks frozen",
+        ["loss.use_masks=false", "loss.lambda_weak=0", "loss.lambda_hard=0", "model.freeze_blocks=8"],
+        400,
+        [],
+    ),
+    "A-batched": (
+        "batched easy+weak+hard (eq. 8), no masks, lr 2e-3, 8 blocks frozen",
+        ["loss.use_masks=false", "model.freeze_blocks=8"],
+        400,
+        [],
+    ),
+    "D-mtl-noweak": (
+        "MTL (eq. 7) without weak/hard terms, lr 2e-3, 8 blocks frozen",
+        ["loss.use_masks=true", "loss.lambda_weak=0", "loss.lambda_hard=0", "model.freeze_blocks=8"],
+        400,
+        [],
+    ),
+    "B-mtl": (
+        "MTL + batched (eqs. 7-8, the paper's loss), lr 2e-3, 8 blocks frozen",
+        ["loss.use_masks=true", "model.freeze_blocks=8"],
+        400,
+        [],
+    ),
+    "E-batched-lr2e-4": (
+        "batched, no masks, lr 2e-4, 8 blocks frozen",
+        ["loss.use_masks=false", "optim.lr=0.0002", "model.freeze_blocks=8"],
+        300,
+        [],
+    ),
+    "H-mtl-lr2e-4": (
+        "MTL + batched, lr 2e-4, 8 blocks frozen",
+        ["loss.use_masks=true", "optim.lr=0.0002", "model.freeze_blocks=8"],
+        300,
+        [],
+    ),
+    "I-mtl-lr1e-4": (
+        "MTL + batched, lr 1e-4, 8 blocks frozen",
+        ["loss.use_masks=true", "optim.lr=0.0001", "model.freeze_blocks=8"],
+        300,
+        [],
+    ),
+    "J-mtl-lr5e-5": (
+        "MTL + batched, lr 5e-5, 8 blocks frozen",
+        ["loss.use_masks=true", "optim.lr=0.00005", "model.freeze_blocks=8"],
+        300,
+        [],
+    ),
+    "F-batched-head-lr2e-4": (
+        "batched, no masks, lr 2e-4, head conv only",
+        ["loss.use_masks=false", "optim.lr=0.0002", "model.freeze_blocks=-1"],
+        300,
+        [],
+    ),
+    "G-mtl-head-lr2e-3": (
+        "MTL + batched, lr 2e-3, head conv only",
+        ["loss.use_masks=true", "model.freeze_blocks=-1"],
+        300,
+        [],
+    ),
 }
 EVAL = ["--split", "validation", "-k", "10", "20", "100", "--gt", "co:0.5", "ct:0.2"]
 
@@ -64,17 +108,33 @@ def run_variant(name: str, out: Path) -> None:
         weights = str(run_dir / "weights.pt")
         if not Path(weights).exists():
             sets = [a for o in CPU + overrides for a in ("--set", o)]
-            run([sys.executable, "-m", "mirror_sfm", "train", "--config", "configs/train.yaml",
-                 "--out", str(run_dir), "--steps", str(steps), *sets])
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "mirror_sfm",
+                    "train",
+                    "--config",
+                    "configs/train.yaml",
+                    "--out",
+                    str(run_dir),
+                    "--steps",
+                    str(steps),
+                    *sets,
+                ]
+            )
         eval_opts = eval_opts or ["--pooling", "mac", "--rerank", "prmac"]
     if not report.exists():
-        run([sys.executable, "-m", "mirror_sfm", "evaluate", *EVAL, "--weights", weights, *eval_opts,
-             "-o", str(report)])
+        run(
+            [sys.executable, "-m", "mirror_sfm", "evaluate", *EVAL, "--weights", weights, *eval_opts, "-o", str(report)]
+        )
 
 
 def table(out: Path) -> str:
-    head = ("| variant | steps | AP@10 CO≥0.5 | mAP@10 CO≥0.5 | AP@100 CO≥0.5 | AP@10 CT≥0.2 | mAP@10 CT≥0.2 "
-            "| AP@10 CO≥0.5 vs ImageNet+PR-MAC |")
+    head = (
+        "| variant | steps | AP@10 CO≥0.5 | mAP@10 CO≥0.5 | AP@100 CO≥0.5 | AP@10 CT≥0.2 | mAP@10 CT≥0.2 "
+        "| AP@10 CO≥0.5 vs ImageNet+PR-MAC |"
+    )
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     base = None
     reports = {n: json.loads((out / f"{n}.json").read_text()) for n in VARIANTS if (out / f"{n}.json").exists()}
@@ -84,8 +144,10 @@ def table(out: Path) -> str:
         desc, _, steps, _ = VARIANTS[name]
         co, ct = rep["mean"]["co:0.5"], rep["mean"]["ct:0.2"]
         delta = f"{co['AP@10'] - base:+.3f}" if base is not None else "–"
-        lines.append(f"| {desc} | {steps or '–'} | {co['AP@10']:.3f} | {co['mAP@10']:.3f} | {co['AP@100']:.3f} "
-                     f"| {ct['AP@10']:.3f} | {ct['mAP@10']:.3f} | {delta} |")
+        lines.append(
+            f"| {desc} | {steps or '–'} | {co['AP@10']:.3f} | {co['mAP@10']:.3f} | {co['AP@100']:.3f} "
+            f"| {ct['AP@10']:.3f} | {ct['mAP@10']:.3f} | {delta} |"
+        )
     return "\n".join(lines)
 
 

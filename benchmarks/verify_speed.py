@@ -17,6 +17,7 @@ Each stage runs in its own process (so its peak RSS is its own) and reports wall
    whose quality RESULTS §7 reports) and with the first F — the target is `pairs` ≤ 0.2× of it.
 Writes OUT/verify_speed.json and OUT/verify_speed.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,8 +87,13 @@ def stage_grid(a: dict) -> dict:
     options = VerifyOptions(shortlist=a["shortlist"], num_features=a["features"])
     scores = verify_pairs(a["database"], candidates, options, work_database=work)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "per_image_s": seconds / len(names), "unique_pairs": len(scores),
-            "per_pair_ms": 1000 * seconds / max(1, len(scores)), "passed": sum(1 for v in scores.values() if v)}
+    return {
+        "seconds": seconds,
+        "per_image_s": seconds / len(names),
+        "unique_pairs": len(scores),
+        "per_pair_ms": 1000 * seconds / max(1, len(scores)),
+        "passed": sum(1 for v in scores.values() if v),
+    }
 
 
 def stage_vocabtree_sv(a: dict) -> dict:
@@ -116,26 +122,36 @@ def stage_match_full(a: dict) -> dict:
     kept = read_pairs(Path(a["work"]) / "pairs" / "pairs.txt")
     every = 1 << 20  # more than any image's features: the working database holds them all
     result = {}
-    for label, pairs, features in (("shortlist_at_f", candidates, a["features"]), ("kept_at_all", kept, every),
-                                   ("shortlist_at_all", candidates, every)):
+    for label, pairs, features in (
+        ("shortlist_at_f", candidates, a["features"]),
+        ("kept_at_all", kept, every),
+        ("shortlist_at_all", candidates, every),
+    ):
         work = Path(a["work"]) / f"match-full-{label}.db"
         work.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        scores = verify_pairs(a["database"], pairs, VerifyOptions(shortlist=a["shortlist"], num_features=features),
-                              work_database=work)
+        scores = verify_pairs(
+            a["database"], pairs, VerifyOptions(shortlist=a["shortlist"], num_features=features), work_database=work
+        )
         result[label] = {"seconds": time.perf_counter() - t0, "unique_pairs": len(scores)}
         work.unlink(missing_ok=True)
     return result
 
 
-STAGES = {"sift": stage_sift, "pairs": stage_pairs, "grid": stage_grid, "vocabtree-sv": stage_vocabtree_sv,
-          "match-full": stage_match_full}
+STAGES = {
+    "sift": stage_sift,
+    "pairs": stage_pairs,
+    "grid": stage_grid,
+    "vocabtree-sv": stage_vocabtree_sv,
+    "match-full": stage_match_full,
+}
 
 
 def run_stage(name: str, **kwargs) -> dict:
     """Run one stage in a fresh process; its result plus the process's peak RSS."""
-    proc = subprocess.run([sys.executable, __file__, "--stage", name, json.dumps(kwargs, default=str)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--stage", name, json.dumps(kwargs, default=str)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise SystemExit(f"stage {name} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -146,38 +162,50 @@ def run_stage(name: str, **kwargs) -> dict:
 def markdown(r: dict) -> str:
     s, p, v = r["sift"]["seconds"], r["pairs"]["seconds"], r["vocabtree_sv"]["seconds"]
     vf = r["vocabtree_sv_f"]["seconds"]
-    lines = [f"Scene: {r['images']} ({r['num_images']} images). Machine: {r['machine']}.", "",
-             "| stage | seconds | per image (s) | peak RSS (MB) | ratio |", "|---|---:|---:|---:|---:|",
-             f"| COLMAP SIFT (8,192 features, 1,600 px) | {s:.1f} | {s / r['num_images']:.3f} | "
-             f"{r['sift']['peak_rss_mb']:.0f} | 1 |",
-             f"| `pairs --database` (CNN + verify N={r['shortlist']}, F={r['features']}) | {p:.1f} | "
-             f"{p / r['num_images']:.3f} | {r['pairs']['peak_rss_mb']:.0f} | **{p / s:.2f}× SIFT** |",
-             f"| vocab tree + spatial verification (top 100, all features: COLMAP's default) | {v:.1f} | "
-             f"{v / r['num_images']:.3f} | {r['vocabtree_sv']['peak_rss_mb']:.0f} | pairs = **{p / v:.2f}×** |",
-             f"| vocab tree + spatial verification (top 100, F={r['features']}) | {vf:.1f} | "
-             f"{vf / r['num_images']:.3f} | {r['vocabtree_sv_f']['peak_rss_mb']:.0f} | pairs = **{p / vf:.2f}×** |",
-             "",
-             "Verification alone (CNN descriptors cached), seconds per image / ms per unique pair / peak RSS MB:",
-             "",
-             "| N \\ F | " + " | ".join(str(f) for f in r["grid_features"]) + " |",
-             "|---|" + "---:|" * len(r["grid_features"])]
+    lines = [
+        f"Scene: {r['images']} ({r['num_images']} images). Machine: {r['machine']}.",
+        "",
+        "| stage | seconds | per image (s) | peak RSS (MB) | ratio |",
+        "|---|---:|---:|---:|---:|",
+        f"| COLMAP SIFT (8,192 features, 1,600 px) | {s:.1f} | {s / r['num_images']:.3f} | "
+        f"{r['sift']['peak_rss_mb']:.0f} | 1 |",
+        f"| `pairs --database` (CNN + verify N={r['shortlist']}, F={r['features']}) | {p:.1f} | "
+        f"{p / r['num_images']:.3f} | {r['pairs']['peak_rss_mb']:.0f} | **{p / s:.2f}× SIFT** |",
+        f"| vocab tree + spatial verification (top 100, all features: COLMAP's default) | {v:.1f} | "
+        f"{v / r['num_images']:.3f} | {r['vocabtree_sv']['peak_rss_mb']:.0f} | pairs = **{p / v:.2f}×** |",
+        f"| vocab tree + spatial verification (top 100, F={r['features']}) | {vf:.1f} | "
+        f"{vf / r['num_images']:.3f} | {r['vocabtree_sv_f']['peak_rss_mb']:.0f} | pairs = **{p / vf:.2f}×** |",
+        "",
+        "Verification alone (CNN descriptors cached), seconds per image / ms per unique pair / peak RSS MB:",
+        "",
+        "| N \\ F | " + " | ".join(str(f) for f in r["grid_features"]) + " |",
+        "|---|" + "---:|" * len(r["grid_features"]),
+    ]
     for n in r["grid_shortlists"]:
         cells = [r["grid"][f"{n}x{f}"] for f in r["grid_features"]]
-        lines.append(f"| {n} | " + " | ".join(f"{c['per_image_s']:.3f} / {c['per_pair_ms']:.1f} / "
-                                                f"{c['peak_rss_mb']:.0f}" for c in cells) + " |")
+        lines.append(
+            f"| {n} | "
+            + " | ".join(f"{c['per_image_s']:.3f} / {c['per_pair_ms']:.1f} / {c['peak_rss_mb']:.0f}" for c in cells)
+            + " |"
+        )
     m = r.get("match_full")
     if m:
         twice = m["shortlist_at_f"]["seconds"] + m["kept_at_all"]["seconds"]
         once = m["shortlist_at_all"]["seconds"]
-        lines += ["", f"Matching twice or once (one process, N={r['shortlist']}, K={r['k']}):", "",
-                  "| step | unique pairs | seconds |", "|---|---:|---:|",
-                  f"| verify the shortlist at F={r['features']} | {m['shortlist_at_f']['unique_pairs']} | "
-                  f"{m['shortlist_at_f']['seconds']:.1f} |",
-                  f"| match + verify the K kept pairs at all features (reconstruct) | "
-                  f"{m['kept_at_all']['unique_pairs']} | {m['kept_at_all']['seconds']:.1f} |",
-                  f"| **twice: both** | | **{twice:.1f}** |",
-                  f"| once: the whole shortlist at all features | {m['shortlist_at_all']['unique_pairs']} | "
-                  f"**{once:.1f}** ({once / twice:.2f}× twice) |"]
+        lines += [
+            "",
+            f"Matching twice or once (one process, N={r['shortlist']}, K={r['k']}):",
+            "",
+            "| step | unique pairs | seconds |",
+            "|---|---:|---:|",
+            f"| verify the shortlist at F={r['features']} | {m['shortlist_at_f']['unique_pairs']} | "
+            f"{m['shortlist_at_f']['seconds']:.1f} |",
+            f"| match + verify the K kept pairs at all features (reconstruct) | "
+            f"{m['kept_at_all']['unique_pairs']} | {m['kept_at_all']['seconds']:.1f} |",
+            f"| **twice: both** | | **{twice:.1f}** |",
+            f"| once: the whole shortlist at all features | {m['shortlist_at_all']['unique_pairs']} | "
+            f"**{once:.1f}** ({once / twice:.2f}× twice) |",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -197,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features", type=int, default=1024)
     p.add_argument("--grid-shortlists", type=int, nargs="+", default=[20, 30, 50])
     p.add_argument("--grid-features", type=int, nargs="+", default=[512, 1024, 2048])
-    p.add_argument("--only-match-full", action="store_true",
-                   help="run only the match-twice-or-once stage on OUT's database and pairs from an earlier run")
+    p.add_argument(
+        "--only-match-full",
+        action="store_true",
+        help="run only the match-twice-or-once stage on OUT's database and pairs from an earlier run",
+    )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     database = args.out / "database.db"
@@ -209,16 +240,25 @@ def main(argv: list[str] | None = None) -> int:
         return _write(args.out, r)
     if database.exists():
         database.unlink()
-    r = {"images": str(args.images), "shortlist": args.shortlist, "features": args.features, "k": args.k,
-         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only",
-         "grid_shortlists": args.grid_shortlists, "grid_features": args.grid_features}
+    r = {
+        "images": str(args.images),
+        "shortlist": args.shortlist,
+        "features": args.features,
+        "k": args.k,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only",
+        "grid_shortlists": args.grid_shortlists,
+        "grid_features": args.grid_features,
+    }
     r["sift"] = run_stage("sift", **common)
     r["num_images"] = r["sift"]["images"]
     r["pairs"] = run_stage("pairs", **common, shortlist=args.shortlist, features=args.features)
     r["vocabtree_sv"] = run_stage("vocabtree-sv", **common, tree=str(args.tree), sv_features=-1)
     r["vocabtree_sv_f"] = run_stage("vocabtree-sv", **common, tree=str(args.tree), sv_features=args.features)
-    r["grid"] = {f"{n}x{f}": run_stage("grid", **common, shortlist=n, features=f)
-                 for n in args.grid_shortlists for f in args.grid_features}
+    r["grid"] = {
+        f"{n}x{f}": run_stage("grid", **common, shortlist=n, features=f)
+        for n in args.grid_shortlists
+        for f in args.grid_features
+    }
     r["match_full"] = run_stage("match-full", **common, shortlist=args.shortlist, features=args.features)
     return _write(args.out, r)
 

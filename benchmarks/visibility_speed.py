@@ -9,6 +9,7 @@ process's CPU time (all its threads) are both reported: on a shared machine imag
 
     python benchmarks/visibility_speed.py [--grid 708] [--size 1000] [--images 6] [--engines embree pyrender]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,9 @@ def terrain(grid: int, seed: int = 0):
     vertices = np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
     j, i = np.meshgrid(np.arange(grid - 1), np.arange(grid - 1), indexing="ij")
     v00 = (j * grid + i).ravel()
-    faces = np.concatenate([np.stack([v00, v00 + 1, v00 + grid + 1], 1),
-                            np.stack([v00, v00 + grid + 1, v00 + grid], 1)])
+    faces = np.concatenate(
+        [np.stack([v00, v00 + 1, v00 + grid + 1], 1), np.stack([v00, v00 + grid + 1, v00 + grid], 1)]
+    )
     return trimesh.Trimesh(vertices, faces, process=False)
 
 
@@ -71,21 +73,29 @@ def measure(mesh, rec, engine: str, resolution: int, images: int) -> dict:
     opts = VisibilityOptions(resolution=resolution, engine=engine, progress=False)
     t0 = time.perf_counter()
     caster = make_engine(mesh, engine)
-    triangle_maps(rec, ids[:1], mesh, opts, caster=caster)   # warm-up (and pyrender's context + upload)
+    triangle_maps(rec, ids[:1], mesh, opts, caster=caster)  # warm-up (and pyrender's context + upload)
     setup = time.perf_counter() - t0
     t0, c0 = time.perf_counter(), time.process_time()
-    maps = triangle_maps(rec, ids[1:1 + images], mesh, opts, caster=caster)
+    maps = triangle_maps(rec, ids[1 : 1 + images], mesh, opts, caster=caster)
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     if hasattr(caster, "close"):
         caster.close()
     hits = np.mean([(m >= 0).mean() for m in maps])
     distinct = np.mean([len(np.unique(m[m >= 0])) for m in maps])
-    return {"engine": engine, "resolution": resolution, "grid": list(maps[0].shape), "images": len(maps),
-            "setup_and_warmup_s": round(setup, 2), "seconds": round(secs, 2),
-            "images_per_s": round(len(maps) / secs, 3),
-            "cpu_s": round(cpu, 2), "images_per_cpu_s": round(len(maps) / cpu, 3),
-            "mrays_per_s": round(maps[0].size * len(maps) / secs / 1e6, 3), "hit_fraction": round(float(hits), 3),
-            "distinct_triangles_per_image": int(distinct)}
+    return {
+        "engine": engine,
+        "resolution": resolution,
+        "grid": list(maps[0].shape),
+        "images": len(maps),
+        "setup_and_warmup_s": round(setup, 2),
+        "seconds": round(secs, 2),
+        "images_per_s": round(len(maps) / secs, 3),
+        "cpu_s": round(cpu, 2),
+        "images_per_cpu_s": round(len(maps) / cpu, 3),
+        "mrays_per_s": round(maps[0].size * len(maps) / secs / 1e6, 3),
+        "hit_fraction": round(float(hits), 3),
+        "distinct_triangles_per_image": int(distinct),
+    }
 
 
 def main() -> None:
@@ -97,7 +107,7 @@ def main() -> None:
     ap.add_argument("--engines", nargs="+", default=["embree", "pyrender"], choices=["embree", "pyrender", "numpy"])
     ap.add_argument("--out", type=Path, default=Path("outputs/visibility_speed.json"))
     args = ap.parse_args()
-    logging.getLogger("gtgen.visibility").setLevel(logging.ERROR)   # the finer-than-grid warning is expected at 256
+    logging.getLogger("gtgen.visibility").setLevel(logging.ERROR)  # the finer-than-grid warning is expected at 256
     t0 = time.perf_counter()
     mesh = terrain(args.grid)
     rec = cameras(args.images + 1, args.size)
@@ -109,8 +119,11 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    args.out.write_text(json.dumps({"machine": machine, "triangles": int(len(mesh.faces)), "image_size": args.size,
-                                    "rows": rows}, indent=1))
+    args.out.write_text(
+        json.dumps(
+            {"machine": machine, "triangles": int(len(mesh.faces)), "image_size": args.size, "rows": rows}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

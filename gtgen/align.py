@@ -18,6 +18,7 @@ for meshing) by scaled ICP:
 Symmetric shapes may align in a mirrored-by-rotation pose that fits the points as well as the true
 one; the visibility check catches most such cases (points would be hidden behind the surface).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,8 +63,12 @@ class Similarity:
         return (np.asarray(points, np.float64) - self.translation) @ self.rotation / self.scale
 
     def to_dict(self) -> dict:
-        return {"scale": float(self.scale), "rotation": self.rotation.tolist(),
-                "translation": self.translation.tolist(), "matrix": self.matrix.tolist()}
+        return {
+            "scale": float(self.scale),
+            "rotation": self.rotation.tolist(),
+            "translation": self.translation.tolist(),
+            "matrix": self.matrix.tolist(),
+        }
 
 
 @dataclasses.dataclass
@@ -132,6 +137,7 @@ class AlignReport:
 
 # ----------------------------------------------------------------------------- maths
 
+
 def umeyama(src: np.ndarray, dst: np.ndarray) -> Similarity:
     """Least-squares similarity dst ~ s R src + t (Umeyama 1991), proper rotation."""
     mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
@@ -142,7 +148,7 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> Similarity:
     if np.linalg.det(U) * np.linalg.det(Vt) < 0:
         D[2, 2] = -1
     R = U @ D @ Vt
-    var = (a ** 2).sum() / len(src)
+    var = (a**2).sum() / len(src)
     s = float(np.trace(np.diag(S) @ D) / var) if var > 0 else 1.0
     return Similarity(s, R, mu_d - s * R @ mu_s)
 
@@ -174,7 +180,7 @@ def random_rotations(count: int, rng: np.random.Generator) -> list[np.ndarray]:
 
     if count <= 0:
         return []
-    return list(Rotation.random(count, random_state=int(rng.integers(2 ** 31))).as_matrix())
+    return list(Rotation.random(count, random_state=int(rng.integers(2**31))).as_matrix())
 
 
 class SurfaceDistance:
@@ -203,7 +209,7 @@ class SurfaceDistance:
         import trimesh
 
         _, idx = self.tree.query(points, k=candidates)
-        faces = self.sample_faces[idx]                                     # (n, k)
+        faces = self.sample_faces[idx]  # (n, k)
         rep = np.repeat(points, faces.shape[1], axis=0)
         cp = trimesh.triangles.closest_point(self.triangles[faces.ravel()], rep).reshape(len(points), -1, 3)
         d = np.linalg.norm(cp - points[:, None], axis=2)
@@ -228,15 +234,22 @@ def point_to_plane_step(sim: Similarity, points: np.ndarray, target: np.ndarray,
     c = points.mean(axis=0)
     L = max(float(np.sqrt(((points - c) ** 2).sum(axis=1).mean())), 1e-12)
     yl, pl = (y - c) / L, (points - c) / L
-    A = np.concatenate([np.einsum("ij,ij->i", n, yl)[:, None], np.cross(yl, n), n], axis=1)   # d/d(log s, w, t)
+    A = np.concatenate([np.einsum("ij,ij->i", n, yl)[:, None], np.cross(yl, n), n], axis=1)  # d/d(log s, w, t)
     b = np.einsum("ij,ij->i", n, yl - pl)
     x = np.linalg.solve(A.T @ A + 1e-9 * np.eye(7), -A.T @ b)
     ds, G = float(np.exp(np.clip(x[0], -0.5, 0.5))), rotation_from_vector(x[1:4])
     return Similarity(ds * sim.scale, G @ sim.rotation, c + ds * G @ (sim.translation - c) + L * x[4:])
 
 
-def icp(points: np.ndarray, surface: SurfaceDistance, start: Similarity, iterations: int, trim: float,
-        exact_iterations: int = 0, eps: float = 0.0) -> tuple[Similarity, float]:
+def icp(
+    points: np.ndarray,
+    surface: SurfaceDistance,
+    start: Similarity,
+    iterations: int,
+    trim: float,
+    exact_iterations: int = 0,
+    eps: float = 0.0,
+) -> tuple[Similarity, float]:
     """Trimmed scaled point-to-plane ICP of `points` (reconstruction frame) against the mesh: steps against
     the nearest samples until converged (at most `iterations`), then `exact_iterations` against exact
     closest points on the triangles. Returns (similarity, trimmed RMS distance in reconstruction units)."""
@@ -253,7 +266,7 @@ def icp(points: np.ndarray, surface: SurfaceDistance, start: Similarity, iterati
     for it in range(iterations + exact_iterations):
         exact = it >= iterations
         target, normals, order, d = correspond(sim, exact)
-        new_rms = float(np.sqrt(np.mean(d ** 2)))
+        new_rms = float(np.sqrt(np.mean(d**2)))
         if not exact and abs(rms - new_rms) <= 1e-5 * new_rms:
             if exact_iterations == 0:
                 break
@@ -263,7 +276,7 @@ def icp(points: np.ndarray, surface: SurfaceDistance, start: Similarity, iterati
         if np.all(np.isfinite(new.matrix)) and new.scale > 0:
             sim = new
     _, _, _, d = correspond(sim, exact_iterations > 0)
-    return sim, float(np.sqrt(np.mean(d ** 2)))
+    return sim, float(np.sqrt(np.mean(d**2)))
 
 
 def scene_scale(points: np.ndarray) -> float:
@@ -273,8 +286,10 @@ def scene_scale(points: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------- visibility check
 
-def visibility_check(mesh, reconstruction, resolution: int, tolerance: float,
-                     max_points_per_image: int = 200, seed: int = 0) -> dict:
+
+def visibility_check(
+    mesh, reconstruction, resolution: int, tolerance: float, max_points_per_image: int = 200, seed: int = 0
+) -> dict:
     """Do the cameras see the (aligned) mesh? Per camera, a coarse ray grid hits it or not; per observation
     (up to `max_points_per_image` per image), the ray to the 3D point hits the surface near the point
     (visible), well before it (hidden behind the surface), or misses."""
@@ -314,12 +329,17 @@ def visibility_check(mesh, reconstruction, resolution: int, tolerance: float,
         checked += len(pts)
         visible += int((np.abs(depth - dist) <= tolerance).sum())
         hidden += int((depth < dist - tolerance).sum())
-    return {"cameras": len(ids), "cameras_seeing_mesh": seeing, "observations_checked": checked,
-            "observations_visible": visible / checked if checked else float("nan"),
-            "observations_hidden": hidden / checked if checked else float("nan")}
+    return {
+        "cameras": len(ids),
+        "cameras_seeing_mesh": seeing,
+        "observations_checked": checked,
+        "observations_visible": visible / checked if checked else float("nan"),
+        "observations_hidden": hidden / checked if checked else float("nan"),
+    }
 
 
 # ----------------------------------------------------------------------------- alignment
+
 
 def alignment_points(reconstruction, options: AlignOptions) -> np.ndarray:
     """The filtered sparse points the mesh is fitted to."""
@@ -327,17 +347,24 @@ def alignment_points(reconstruction, options: AlignOptions) -> np.ndarray:
         raise MirrorError("the reconstruction has no registered images")
     if reconstruction.num_points3D() == 0:
         raise MirrorError("the reconstruction has no 3D points to align the mesh to")
-    xyz, _, _ = sparse_points(reconstruction, MeshingOptions(min_track_length=options.min_track_length,
-                                                             max_reprojection_error=options.max_reprojection_error))
+    xyz, _, _ = sparse_points(
+        reconstruction,
+        MeshingOptions(
+            min_track_length=options.min_track_length, max_reprojection_error=options.max_reprojection_error
+        ),
+    )
     xyz = xyz[statistical_inliers(xyz, 12, 2.0)]
     if len(xyz) < 10:
-        raise MirrorError(f"only {len(xyz)} 3D points pass the filters (track length >= {options.min_track_length}): "
-                          "too few to align a mesh")
+        raise MirrorError(
+            f"only {len(xyz)} 3D points pass the filters (track length >= {options.min_track_length}): "
+            "too few to align a mesh"
+        )
     return xyz
 
 
-def initial_guesses(points: np.ndarray, samples: np.ndarray, options: AlignOptions,
-                    rng: np.random.Generator) -> list[Similarity]:
+def initial_guesses(
+    points: np.ndarray, samples: np.ndarray, options: AlignOptions, rng: np.random.Generator
+) -> list[Similarity]:
     """Centroids together, scale from the RMS radii, principal axes matched in all 24 proper ways, plus
     `random_starts` random rotations (principal axes are unstable for near-isotropic shapes)."""
     c_p, c_q = points.mean(axis=0), samples.mean(axis=0)
@@ -357,8 +384,11 @@ def fit_similarity(points: np.ndarray, mesh, options: AlignOptions) -> tuple[Sim
     """Best similarity over all starts (see the module docstring), its trimmed RMS, and the fine surface."""
     rng = np.random.default_rng(options.seed)
     coarse_surface = SurfaceDistance(mesh, min(options.coarse_samples, options.num_samples), options.seed)
-    subset = points if len(points) <= options.coarse_points else \
-        points[rng.choice(len(points), options.coarse_points, replace=False)]
+    subset = (
+        points
+        if len(points) <= options.coarse_points
+        else points[rng.choice(len(points), options.coarse_points, replace=False)]
+    )
     coarse = []
     starts = initial_guesses(points, coarse_surface.samples, options, rng)
     for start in tqdm(starts, desc="alignment starts", unit="start", disable=not options.progress):
@@ -367,7 +397,7 @@ def fit_similarity(points: np.ndarray, mesh, options: AlignOptions) -> tuple[Sim
     coarse.sort(key=lambda x: x[0])
     surface = SurfaceDistance(mesh, options.num_samples, options.seed + 1)
     best = None
-    for rms0, start in coarse[:max(1, options.refine_starts)]:
+    for rms0, start in coarse[: max(1, options.refine_starts)]:
         sim, rms = icp(points, surface, start, options.iterations, options.trim, options.exact_iterations)
         logger.debug("start rms %.4g -> refined scale %.6g rms %.4g", rms0, sim.scale, rms)
         if best is None or rms < best[1]:
@@ -386,43 +416,64 @@ def align_mesh_to_reconstruction(mesh, reconstruction, options: AlignOptions | N
         raise MirrorError("the mesh has no triangles")
     points = alignment_points(reconstruction, options)
     scale = scene_scale(points)
-    logger.info("fitting the mesh (%d faces) to %d sparse points (scene scale %.4g)", len(mesh.faces), len(points), scale)
+    logger.info(
+        "fitting the mesh (%d faces) to %d sparse points (scene scale %.4g)", len(mesh.faces), len(points), scale
+    )
     sim, rms, surface = fit_similarity(points, mesh, options)
     _, d, _ = surface.closest_points(sim.inverse_apply(points))
     d = d * sim.scale
     tol = options.tolerance * scale
     report = AlignReport(sim, len(points), scale, float((d <= tol).mean()), float(np.median(d)), rms)
-    logger.info("scale %.6g, %.1f%% of points within %.3g (%.1f%% of the scene scale), median distance %.3g%% of "
-                "the scene scale", sim.scale, 100 * report.inlier_fraction, tol, 100 * options.tolerance,
-                100 * report.median_distance / scale)
+    logger.info(
+        "scale %.6g, %.1f%% of points within %.3g (%.1f%% of the scene scale), median distance %.3g%% of "
+        "the scene scale",
+        sim.scale,
+        100 * report.inlier_fraction,
+        tol,
+        100 * options.tolerance,
+        100 * report.median_distance / scale,
+    )
     if report.inlier_fraction < options.min_inlier_fraction:
-        raise MirrorError(f"the mesh does not fit the reconstruction: only {100 * report.inlier_fraction:.0f}% of the "
-                          f"sparse points lie within {100 * options.tolerance:g}% of the scene scale of the aligned "
-                          f"surface (need {100 * options.min_inlier_fraction:.0f}%); median distance "
-                          f"{100 * report.median_distance / scale:.1f}% of the scene scale. Is it the same scene?")
+        raise MirrorError(
+            f"the mesh does not fit the reconstruction: only {100 * report.inlier_fraction:.0f}% of the "
+            f"sparse points lie within {100 * options.tolerance:g}% of the scene scale of the aligned "
+            f"surface (need {100 * options.min_inlier_fraction:.0f}%); median distance "
+            f"{100 * report.median_distance / scale:.1f}% of the scene scale. Is it the same scene?"
+        )
     aligned = mesh.copy()
     aligned.apply_transform(sim.matrix)
     lo, hi = np.percentile(points, [1, 99], axis=0)
     size_ratio = float(np.linalg.norm(np.ptp(aligned.vertices, axis=0)) / max(np.linalg.norm(hi - lo), 1e-12))
     if not 1 / options.max_size_ratio <= size_ratio <= options.max_size_ratio:
-        raise MirrorError(f"the mesh does not fit the reconstruction: aligned, it is {size_ratio:.3g} times the size of "
-                          f"the sparse point cloud (allowed 1/{options.max_size_ratio:g} to {options.max_size_ratio:g}): "
-                          "a degenerate fit. Is it the same scene?")
+        raise MirrorError(
+            f"the mesh does not fit the reconstruction: aligned, it is {size_ratio:.3g} times the size of "
+            f"the sparse point cloud (allowed 1/{options.max_size_ratio:g} to {options.max_size_ratio:g}): "
+            "a degenerate fit. Is it the same scene?"
+        )
     if options.check_visibility:
         vis = visibility_check(aligned, reconstruction, options.visibility_resolution, tol, seed=options.seed)
         for k, v in vis.items():
             setattr(report, k, v)
-        logger.info("%d of %d cameras see the aligned mesh; of %d observed points, %.1f%% visible on the surface, "
-                    "%.1f%% hidden behind it", report.cameras_seeing_mesh, report.cameras, report.observations_checked,
-                    100 * report.observations_visible, 100 * report.observations_hidden)
+        logger.info(
+            "%d of %d cameras see the aligned mesh; of %d observed points, %.1f%% visible on the surface, "
+            "%.1f%% hidden behind it",
+            report.cameras_seeing_mesh,
+            report.cameras,
+            report.observations_checked,
+            100 * report.observations_visible,
+            100 * report.observations_hidden,
+        )
         if report.cameras_seeing_mesh < options.min_camera_share * report.cameras:
-            raise MirrorError(f"only {report.cameras_seeing_mesh} of {report.cameras} cameras see the aligned mesh: "
-                              "the alignment is likely wrong")
+            raise MirrorError(
+                f"only {report.cameras_seeing_mesh} of {report.cameras} cameras see the aligned mesh: "
+                "the alignment is likely wrong"
+            )
     report.time_s = round(time.perf_counter() - t0, 3)
     return aligned, report
 
 
 # ----------------------------------------------------------------------------- files
+
 
 def load_mesh_keep_visuals(path: str | Path):
     """One Trimesh from a file, texture / colours kept where trimesh can (several parts are concatenated)."""
@@ -446,7 +497,7 @@ def write_mesh(mesh, path: str | Path) -> None:
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         mesh.export(tmp_dir / path.name, file_type="obj", mtl_name=f"{path.stem}.mtl")
-        for extra in sorted(tmp_dir.iterdir()):   # material and texture first, the OBJ last
+        for extra in sorted(tmp_dir.iterdir()):  # material and texture first, the OBJ last
             if extra.name != path.name:
                 extra.replace(path.parent / extra.name)
         (tmp_dir / path.name).replace(path)
@@ -454,16 +505,26 @@ def write_mesh(mesh, path: str | Path) -> None:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def align_mesh_file(mesh_path: str | Path, sparse_dir: str | Path, out_path: str | Path,
-                    options: AlignOptions | None = None, transform_out: str | Path | None = None) -> AlignReport:
+def align_mesh_file(
+    mesh_path: str | Path,
+    sparse_dir: str | Path,
+    out_path: str | Path,
+    options: AlignOptions | None = None,
+    transform_out: str | Path | None = None,
+) -> AlignReport:
     """Read a mesh and a model folder, align, write the moved mesh (and the transform + report as JSON)."""
     mesh = load_mesh_keep_visuals(mesh_path)
     reconstruction = read_reconstruction(sparse_dir)
     aligned, report = align_mesh_to_reconstruction(mesh, reconstruction, options)
     write_mesh(aligned, out_path)
     if transform_out is not None:
-        info = {"mesh": str(mesh_path), "sparse": str(sparse_dir), "output": str(out_path),
-                "convention": "x_reconstruction = scale * rotation @ x_mesh + translation", **report.to_dict()}
+        info = {
+            "mesh": str(mesh_path),
+            "sparse": str(sparse_dir),
+            "output": str(out_path),
+            "convention": "x_reconstruction = scale * rotation @ x_mesh + translation",
+            **report.to_dict(),
+        }
         write_text_atomic(transform_out, json.dumps(info, indent=2) + "\n")
     logger.info("aligned mesh -> %s", out_path)
     return report

@@ -3,6 +3,7 @@
 `gtgen.visibility` (ray casting, the default) and `gtgen.render` (OpenGL rasterising) both import this
 module and not each other's internals, so the two engines form no import cycle.
 """
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -19,7 +20,7 @@ def grid_shape(width: int, height: int, resolution: int) -> tuple[int, int]:
 class RayEngine(Protocol):
     """A ray caster (`visibility.MeshRayCaster`): the first triangle each world-space ray hits."""
 
-    engine: str          # "embree" | "numpy"
+    engine: str  # "embree" | "numpy"
     num_faces: int
 
     def first_hits(self, origins: np.ndarray, directions: np.ndarray) -> np.ndarray:
@@ -30,7 +31,7 @@ class RayEngine(Protocol):
 class RasterEngine(Protocol):
     """A rasteriser (`render.MeshRasterizer`): a whole triangle map on the `grid_shape` grid at once."""
 
-    engine: str          # "pyrender"
+    engine: str  # "pyrender"
     num_faces: int
 
     def triangle_map(self, camera, cam_from_world, resolution: int = 256) -> np.ndarray:

@@ -15,6 +15,7 @@ Layout (lzx551402/GL3D, docs/data_format.md and utils/io.py):
 Numbers are written in Python's shortest round-trip form (``repr``; integral values without ``.0``),
 so write -> read -> write is byte-identical and every float reads back to the same double.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- number formatting
 
+
 def format_number(x: float) -> str:
     """Shortest text that reads back to the same double; integral values without a trailing '.0'."""
     x = float(x)
@@ -49,6 +51,7 @@ def _format_int_like(x: float, what: str) -> str:
 
 # ----------------------------------------------------------------------------- cameras.txt
 
+
 @dataclasses.dataclass
 class GL3DCamera:
     """One ``cameras.txt`` row: intrinsics, world->camera pose, radial distortion, image size."""
@@ -59,9 +62,9 @@ class GL3DCamera:
     cx: float
     cy: float
     skew: float
-    t: np.ndarray            # (3,) world -> camera translation
-    R: np.ndarray            # (3, 3) world -> camera rotation
-    k: np.ndarray            # (3,) radial k1 k2 k3
+    t: np.ndarray  # (3,) world -> camera translation
+    R: np.ndarray  # (3, 3) world -> camera rotation
+    k: np.ndarray  # (3,) radial k1 k2 k3
     width: int
     height: int
 
@@ -82,7 +85,7 @@ class GL3DCamera:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, GL3DCamera):
             return NotImplemented
-        return (self.to_line() == other.to_line())
+        return self.to_line() == other.to_line()
 
 
 def parse_camera_line(line: str, where: str = "cameras.txt") -> GL3DCamera:
@@ -95,8 +98,19 @@ def parse_camera_line(line: str, where: str = "cameras.txt") -> GL3DCamera:
         idx, width, height = (int(_format_int_like(v[i], n)) for i, n in ((0, "idx"), (21, "W"), (22, "H")))
     except ValueError as exc:
         raise MirrorError(f"{where}: {exc}") from None
-    return GL3DCamera(idx=idx, fx=v[1], fy=v[2], cx=v[3], cy=v[4], skew=v[5], t=v[6:9], R=v[9:18], k=v[18:21],
-                      width=width, height=height)
+    return GL3DCamera(
+        idx=idx,
+        fx=v[1],
+        fy=v[2],
+        cx=v[3],
+        cy=v[4],
+        skew=v[5],
+        t=v[6:9],
+        R=v[9:18],
+        k=v[18:21],
+        width=width,
+        height=height,
+    )
 
 
 def read_cameras(path: str | Path) -> list[GL3DCamera]:
@@ -118,13 +132,16 @@ def write_cameras(path: str | Path, cameras: list[GL3DCamera]) -> None:
 
 # ----------------------------------------------------------------------------- ratio files
 
+
 def format_ratios(matrix: sp.spmatrix) -> str:
     """``i j ratio`` lines for the entries r > 0 off the diagonal, sorted by (i, j)."""
     coo = sp.coo_matrix(matrix)
     keep = (coo.data > 0) & (coo.row != coo.col)
     i, j, r = coo.row[keep], coo.col[keep], coo.data[keep]
     order = np.lexsort((j, i))
-    return "".join(f"{a} {b} {format_number(v)}\n" for a, b, v in zip(i[order].tolist(), j[order].tolist(), r[order].tolist()))
+    return "".join(
+        f"{a} {b} {format_number(v)}\n" for a, b, v in zip(i[order].tolist(), j[order].tolist(), r[order].tolist())
+    )
 
 
 def write_ratios(path: str | Path, matrix: sp.spmatrix) -> None:
@@ -134,8 +151,10 @@ def write_ratios(path: str | Path, matrix: sp.spmatrix) -> None:
 
 # ----------------------------------------------------------------------------- mask.bin
 
-def write_mask_bin(path: str | Path, masks: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]],
-                   size: int = MASK_SIZE) -> None:
+
+def write_mask_bin(
+    path: str | Path, masks: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], size: int = MASK_SIZE
+) -> None:
     """Write ``mask.bin`` atomically; keys (i, j) with i <= j, values (mask over i, mask over j), sorted by key."""
     keys = sorted(masks)
     rec = np.zeros(len(keys), dtype=mask_record_dtype(size))
@@ -153,6 +172,7 @@ def write_mask_bin(path: str | Path, masks: dict[tuple[int, int], tuple[np.ndarr
 
 
 # ----------------------------------------------------------------------------- image_list.txt
+
 
 def write_image_list(path: str | Path, names: list[str]) -> None:
     """Line k = the name of image k."""
@@ -184,8 +204,9 @@ def gl3d_from_pycolmap(camera, cam_from_world, idx: int) -> GL3DCamera:
     fx, fy = (f, f) if f is not None else (p.get("fx"), p.get("fy"))
     cx, cy = p.get("cx"), p.get("cy")
     if fx is None or cx is None:  # e.g. EQUIRECTANGULAR: no focal length
-        raise MirrorError(f"camera {camera.camera_id}: model {model} has no pinhole focal length; "
-                          "GL3D cameras.txt cannot describe it")
+        raise MirrorError(
+            f"camera {camera.camera_id}: model {model} has no pinhole focal length; GL3D cameras.txt cannot describe it"
+        )
     k = [0.0, 0.0, 0.0]
     dropped = []
     if model in ("SIMPLE_PINHOLE", "PINHOLE"):
@@ -200,14 +221,30 @@ def gl3d_from_pycolmap(camera, cam_from_world, idx: int) -> GL3DCamera:
         dropped = [n for n in ("p1", "p2", "k4", "k5", "k6") if abs(p.get(n, 0.0)) > _TOL]
     else:
         dropped = [n for n in p if n not in ("f", "fx", "fy", "cx", "cy") and abs(p[n]) > _TOL]
-        logger.warning("camera %d: model %s has no GL3D equivalent; cameras.txt gets its focal length and "
-                       "principal point with zero distortion", camera.camera_id, model)
+        logger.warning(
+            "camera %d: model %s has no GL3D equivalent; cameras.txt gets its focal length and "
+            "principal point with zero distortion",
+            camera.camera_id,
+            model,
+        )
     if dropped and model in ("OPENCV", "FULL_OPENCV"):
-        logger.warning("camera %d (%s): GL3D keeps radial k1 k2 k3 only; dropped %s", camera.camera_id, model,
-                       ", ".join(dropped))
+        logger.warning(
+            "camera %d (%s): GL3D keeps radial k1 k2 k3 only; dropped %s", camera.camera_id, model, ", ".join(dropped)
+        )
     m = cam_from_world.matrix()
-    return GL3DCamera(idx=idx, fx=fx, fy=fy, cx=cx, cy=cy, skew=0.0, t=m[:, 3], R=m[:, :3], k=k,
-                      width=camera.width, height=camera.height)
+    return GL3DCamera(
+        idx=idx,
+        fx=fx,
+        fy=fy,
+        cx=cx,
+        cy=cy,
+        skew=0.0,
+        t=m[:, 3],
+        R=m[:, :3],
+        k=k,
+        width=camera.width,
+        height=camera.height,
+    )
 
 
 def gl3d_from_reconstruction(reconstruction, image_ids: list[int]) -> list[GL3DCamera]:
@@ -237,8 +274,9 @@ def pycolmap_from_gl3d(cam: GL3DCamera, camera_id: int = 1, where: str = "camera
         model, params = "OPENCV", [cam.fx, cam.fy, cam.cx, cam.cy, k1, k2, 0.0, 0.0]
     else:
         model, params = "FULL_OPENCV", [cam.fx, cam.fy, cam.cx, cam.cy, k1, k2, 0.0, 0.0, k3, 0.0, 0.0, 0.0]
-    camera = pycolmap.Camera(camera_id=camera_id, model=model, width=int(cam.width), height=int(cam.height),
-                             params=params)
+    camera = pycolmap.Camera(
+        camera_id=camera_id, model=model, width=int(cam.width), height=int(cam.height), params=params
+    )
     R = cam.R
     if not np.allclose(R @ R.T, np.eye(3), atol=1e-5) or np.linalg.det(R) < 0:
         raise MirrorError(f"{where}: image {cam.idx}: R is not a rotation matrix")
@@ -246,8 +284,7 @@ def pycolmap_from_gl3d(cam: GL3DCamera, camera_id: int = 1, where: str = "camera
     return camera, pose
 
 
-def reconstruction_from_gl3d(cameras: list[GL3DCamera], names: list[str] | None = None,
-                             where: str = "cameras.txt"):
+def reconstruction_from_gl3d(cameras: list[GL3DCamera], names: list[str] | None = None, where: str = "cameras.txt"):
     """pycolmap.Reconstruction with one camera and one registered image per GL3D row (no 3D points).
 
     Image id = camera id = idx + 1; names default to GL3D's ``<8-digit idx>.jpg``.

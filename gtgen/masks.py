@@ -6,6 +6,7 @@ whole image, whatever its aspect); a trainer wants its backbone's feature-map si
 any of its pixels is on (``min_fraction`` = 0), or when at least that fraction of them is. All
 partners of one image are done at once with sparse products, no loop over pixels.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,8 +63,12 @@ def pixel_overlap(element_map: np.ndarray, seen: np.ndarray) -> np.ndarray:
     return (element_map >= 0) & np.isin(element_map, seen)
 
 
-def anchor_masks(element_map: np.ndarray, incidence: sp.csr_matrix, partners: list[int] | np.ndarray,
-                 options: MaskOptions | None = None) -> np.ndarray:
+def anchor_masks(
+    element_map: np.ndarray,
+    incidence: sp.csr_matrix,
+    partners: list[int] | np.ndarray,
+    options: MaskOptions | None = None,
+) -> np.ndarray:
     """(len(partners), rows, cols) masks over one image: cell on where partner j sees the same elements."""
     options = options or MaskOptions()
     partners = np.asarray(partners, np.int64)
@@ -74,15 +79,20 @@ def anchor_masks(element_map: np.ndarray, incidence: sp.csr_matrix, partners: li
     hit = flat >= 0
     if not hit.any() or len(partners) == 0:
         return np.zeros((len(partners), *options.size), bool)
-    seen_by_partner = incidence[partners][:, flat[hit]]                       # (P, hit pixels), 1 = shared
-    to_cell = sp.csr_matrix((np.ones(int(hit.sum())), (np.arange(int(hit.sum())), cells[hit])),
-                            shape=(int(hit.sum()), n_cells))
+    seen_by_partner = incidence[partners][:, flat[hit]]  # (P, hit pixels), 1 = shared
+    to_cell = sp.csr_matrix(
+        (np.ones(int(hit.sum())), (np.arange(int(hit.sum())), cells[hit])), shape=(int(hit.sum()), n_cells)
+    )
     counts = np.asarray((seen_by_partner @ to_cell).todense())
     return pool_counts(counts, totals[None, :], options.min_fraction).reshape(len(partners), *options.size)
 
 
-def pair_masks(element_maps: list[np.ndarray], incidence: sp.csr_matrix, pairs: list[tuple[int, int]],
-               options: MaskOptions | None = None) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+def pair_masks(
+    element_maps: list[np.ndarray],
+    incidence: sp.csr_matrix,
+    pairs: list[tuple[int, int]],
+    options: MaskOptions | None = None,
+) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
     """{(i, j): (mask over i of what j sees, mask over j of what i sees)} for each pair (i < j)."""
     partners: dict[int, list[int]] = defaultdict(list)
     for i, j in pairs:

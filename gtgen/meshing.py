@@ -18,6 +18,7 @@ Two paths (``MeshingOptions.method``):
 ``mesh_from_reconstruction`` returns a ``trimesh.Trimesh``; ``mesh_reconstruction_file`` reads a model
 folder and writes the PLY atomically.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,7 +36,7 @@ from mirror_sfm.io_utils import atomic_path
 logger = logging.getLogger(__name__)
 
 METHODS = ("auto", "sparse-poisson", "dense")
-MIN_POINTS = 20   # fewer points than this give no meaningful surface
+MIN_POINTS = 20  # fewer points than this give no meaningful surface
 
 
 @dataclasses.dataclass
@@ -96,6 +97,7 @@ class MeshStats:
 
 # ----------------------------------------------------------------------------- input
 
+
 def is_colmap_model(path: Path) -> bool:
     return all((path / f"{n}.bin").is_file() or (path / f"{n}.txt").is_file() for n in ("cameras", "images"))
 
@@ -125,19 +127,23 @@ def resolve_method(method: str) -> str:
     if method == "auto":
         return "dense" if cuda else "sparse-poisson"
     if method == "dense" and not cuda:
-        raise MirrorError("method 'dense' needs pycolmap built with CUDA (pycolmap.has_cuda is False here): "
-                          "use --method sparse-poisson, or install a CUDA build of pycolmap on a GPU machine")
+        raise MirrorError(
+            "method 'dense' needs pycolmap built with CUDA (pycolmap.has_cuda is False here): "
+            "use --method sparse-poisson, or install a CUDA build of pycolmap on a GPU machine"
+        )
     return method
 
 
 # ----------------------------------------------------------------------------- points and normals
 
+
 def sparse_points(reconstruction, options: MeshingOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(xyz, rgb, view direction) of the 3D points that pass the track-length and error filters.
 
     The view direction is the mean unit vector from the point to the centres of the cameras observing it."""
-    centres = {i: np.asarray(reconstruction.image(i).projection_center(), np.float64)
-               for i in reconstruction.reg_image_ids()}
+    centres = {
+        i: np.asarray(reconstruction.image(i).projection_center(), np.float64) for i in reconstruction.reg_image_ids()
+    }
     xyz, rgb, view = [], [], []
     for point in reconstruction.points3D.values():
         track = [e.image_id for e in point.track.elements if e.image_id in centres]
@@ -184,10 +190,10 @@ def estimate_normals(points: np.ndarray, neighbours: int = 16) -> np.ndarray:
 
     k = min(neighbours, len(points))
     _, idx = cKDTree(points).query(points, k=k)
-    nb = points[idx.reshape(len(points), -1)]               # (n, k, 3)
+    nb = points[idx.reshape(len(points), -1)]  # (n, k, 3)
     centred = nb - nb.mean(axis=1, keepdims=True)
     cov = np.einsum("nki,nkj->nij", centred, centred)
-    _, vectors = np.linalg.eigh(cov)                       # ascending eigenvalues
+    _, vectors = np.linalg.eigh(cov)  # ascending eigenvalues
     return vectors[:, :, 0]
 
 
@@ -199,23 +205,37 @@ def orient_normals(normals: np.ndarray, view: np.ndarray) -> np.ndarray:
 
 def write_point_ply(path: str | Path, points: np.ndarray, normals: np.ndarray, colours: np.ndarray) -> None:
     """Binary PLY of oriented points (x y z nx ny nz red green blue), the input pycolmap's Poisson reads."""
-    dtype = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4"),
-                      ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    dtype = np.dtype(
+        [
+            ("x", "<f4"),
+            ("y", "<f4"),
+            ("z", "<f4"),
+            ("nx", "<f4"),
+            ("ny", "<f4"),
+            ("nz", "<f4"),
+            ("red", "u1"),
+            ("green", "u1"),
+            ("blue", "u1"),
+        ]
+    )
     rows = np.zeros(len(points), dtype)
     for k, name in enumerate("xyz"):
         rows[name] = points[:, k]
         rows["n" + name] = normals[:, k]
     for k, name in enumerate(("red", "green", "blue")):
         rows[name] = colours[:, k]
-    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(points)}\n"
-              + "".join(f"property float {n}\n" for n in ("x", "y", "z", "nx", "ny", "nz"))
-              + "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
+    header = (
+        f"ply\nformat binary_little_endian 1.0\nelement vertex {len(points)}\n"
+        + "".join(f"property float {n}\n" for n in ("x", "y", "z", "nx", "ny", "nz"))
+        + "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+    )
     with open(path, "wb") as f:
         f.write(header.encode("ascii"))
         f.write(rows.tobytes())
 
 
 # ----------------------------------------------------------------------------- surface
+
 
 def auto_depth(points: np.ndarray, spacing: float, options: MeshingOptions) -> int:
     """Octree depth whose voxels are about the point spacing over the cloud's extent, clamped."""
@@ -227,8 +247,7 @@ def auto_depth(points: np.ndarray, spacing: float, options: MeshingOptions) -> i
     return int(np.clip(math.ceil(math.log2(extent / spacing)), options.min_depth, options.max_depth))
 
 
-def poisson_surface(points: np.ndarray, normals: np.ndarray, colours: np.ndarray, depth: int,
-                    options: MeshingOptions):
+def poisson_surface(points: np.ndarray, normals: np.ndarray, colours: np.ndarray, depth: int, options: MeshingOptions):
     """Screened Poisson surface (pycolmap) of oriented points, as an untrimmed trimesh."""
     import pycolmap
     import trimesh
@@ -237,8 +256,9 @@ def poisson_surface(points: np.ndarray, normals: np.ndarray, colours: np.ndarray
         src, dst = Path(tmp) / "points.ply", Path(tmp) / "mesh.ply"
         write_point_ply(src, points, normals, colours)
         # trim=0: keep pycolmap's full surface; our own distance trim below is scale-aware
-        popts = pycolmap.PoissonMeshingOptions(depth=depth, point_weight=options.point_weight, trim=0.0,
-                                               num_threads=options.num_threads)
+        popts = pycolmap.PoissonMeshingOptions(
+            depth=depth, point_weight=options.point_weight, trim=0.0, num_threads=options.num_threads
+        )
         try:
             pycolmap.poisson_meshing(src, dst, popts)
         except Exception as exc:
@@ -283,8 +303,9 @@ def trim_surface(mesh, points: np.ndarray, spacing: float, options: MeshingOptio
     return mesh, dropped
 
 
-def mesh_from_points(points: np.ndarray, normals: np.ndarray, colours: np.ndarray, options: MeshingOptions,
-                     stats: MeshStats):
+def mesh_from_points(
+    points: np.ndarray, normals: np.ndarray, colours: np.ndarray, options: MeshingOptions, stats: MeshStats
+):
     """Poisson + trim of an oriented point cloud; fills `stats`."""
     t0 = time.perf_counter()
     spacing = point_spacing(points)
@@ -313,14 +334,17 @@ def oriented_sparse_points(reconstruction, options: MeshingOptions, stats: MeshS
     inliers = statistical_inliers(xyz, options.outlier_neighbours, options.outlier_std)
     xyz, rgb, view = xyz[inliers], rgb[inliers], view[inliers]
     if len(xyz) < MIN_POINTS:
-        raise MirrorError(f"only {len(xyz)} of {stats.points_in} 3D points pass the filters (track length >= "
-                          f"{options.min_track_length}, reprojection error, outliers): need >= {MIN_POINTS}")
+        raise MirrorError(
+            f"only {len(xyz)} of {stats.points_in} 3D points pass the filters (track length >= "
+            f"{options.min_track_length}, reprojection error, outliers): need >= {MIN_POINTS}"
+        )
     stats.points_used = len(xyz)
     normals = orient_normals(estimate_normals(xyz, options.normal_neighbours), view)
     return xyz, normals, rgb
 
 
 # ----------------------------------------------------------------------------- paths
+
 
 def sparse_poisson_mesh(reconstruction, options: MeshingOptions, stats: MeshStats):
     t0 = time.perf_counter()
@@ -343,23 +367,32 @@ def dense_points(reconstruction, image_dir: str | Path, workspace: Path, options
     reconstruction.write(sparse_dir)
     dense = workspace / "dense"
     logger.info("undistorting images into %s", dense)
-    pycolmap.undistort_images(dense, sparse_dir, image_dir,
-                              undistort_options=pycolmap.UndistortCameraOptions(max_image_size=options.max_image_size))
+    pycolmap.undistort_images(
+        dense,
+        sparse_dir,
+        image_dir,
+        undistort_options=pycolmap.UndistortCameraOptions(max_image_size=options.max_image_size),
+    )
     logger.info("PatchMatch stereo (CUDA)")
-    pycolmap.patch_match_stereo(dense, options=pycolmap.PatchMatchOptions(max_image_size=options.max_image_size,
-                                                                          geom_consistency=True))
+    pycolmap.patch_match_stereo(
+        dense, options=pycolmap.PatchMatchOptions(max_image_size=options.max_image_size, geom_consistency=True)
+    )
     fused = dense / "fused.ply"
     logger.info("fusing depth maps -> %s", fused)
-    pycolmap.stereo_fusion(fused, dense, input_type="geometric", output_type="ply",
-                           options=pycolmap.StereoFusionOptions(num_threads=-1))
+    pycolmap.stereo_fusion(
+        fused, dense, input_type="geometric", output_type="ply", options=pycolmap.StereoFusionOptions(num_threads=-1)
+    )
     cloud = trimesh.load(fused, process=False)
     raw = cloud.metadata.get("_ply_raw", {}).get("vertex", {}).get("data") if hasattr(cloud, "metadata") else None
     points = np.asarray(cloud.vertices, np.float64)
     if raw is None or "nx" not in raw.dtype.names:
         raise MirrorError(f"{fused}: fused points without normals")
     normals = np.stack([raw["nx"], raw["ny"], raw["nz"]], axis=1).astype(np.float64)
-    colours = (np.stack([raw["red"], raw["green"], raw["blue"]], axis=1).astype(np.uint8)
-               if "red" in raw.dtype.names else np.full((len(points), 3), 128, np.uint8))
+    colours = (
+        np.stack([raw["red"], raw["green"], raw["blue"]], axis=1).astype(np.uint8)
+        if "red" in raw.dtype.names
+        else np.full((len(points), 3), 128, np.uint8)
+    )
     return points, normals, colours
 
 
@@ -381,8 +414,12 @@ def dense_mesh(reconstruction, image_dir: str | Path | None, options: MeshingOpt
     return mesh_from_points(points, normals, colours, options, stats)
 
 
-def mesh_from_reconstruction(reconstruction, options: MeshingOptions | None = None,
-                             image_dir: str | Path | None = None, stats: MeshStats | None = None):
+def mesh_from_reconstruction(
+    reconstruction,
+    options: MeshingOptions | None = None,
+    image_dir: str | Path | None = None,
+    stats: MeshStats | None = None,
+):
     """A trimmed triangle mesh (``trimesh.Trimesh``) of the scene, in the reconstruction's frame."""
     options = options or MeshingOptions()
     options.check()
@@ -394,13 +431,17 @@ def mesh_from_reconstruction(reconstruction, options: MeshingOptions | None = No
     return sparse_poisson_mesh(reconstruction, options, stats)
 
 
-def mesh_reconstruction_file(sparse_dir: str | Path, out_path: str | Path, options: MeshingOptions | None = None,
-                             image_dir: str | Path | None = None) -> MeshStats:
+def mesh_reconstruction_file(
+    sparse_dir: str | Path,
+    out_path: str | Path,
+    options: MeshingOptions | None = None,
+    image_dir: str | Path | None = None,
+) -> MeshStats:
     """Read a model folder, mesh it, write the mesh (PLY, or any format trimesh writes by suffix) atomically."""
     t0 = time.perf_counter()
     options = options or MeshingOptions()
     options.check()
-    resolve_method(options.method)   # a CUDA-less 'dense' fails before any reading
+    resolve_method(options.method)  # a CUDA-less 'dense' fails before any reading
     out_path = Path(out_path)
     reconstruction = read_reconstruction(sparse_dir)
     stats = MeshStats(options.method)

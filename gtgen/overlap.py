@@ -15,6 +15,7 @@ positives (``gtgen.triplets``), overlap masks (``gtgen.masks``), then write (eac
 
 Image order: COLMAP models by image name; GL3D scenes keep their indices.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -89,6 +90,7 @@ class OverlapResult:
 
 # ----------------------------------------------------------------------------- input
 
+
 def _is_colmap_model(path: Path) -> bool:
     return all((path / f"{n}.bin").is_file() or (path / f"{n}.txt").is_file() for n in ("cameras", "images"))
 
@@ -157,14 +159,25 @@ def check_images(images_dir: str | Path, scene: Scene) -> None:
         if abs(w / h - cam.width / cam.height) > 0.01 * cam.width / cam.height:
             logger.warning("%s is %dx%d but its camera is %dx%d (other aspect ratio)", p, w, h, cam.width, cam.height)
     if missing:
-        logger.warning("%d of %d registered images are not in %s (e.g. %s)", len(missing), len(scene.registered),
-                       images_dir, ", ".join(missing[:3]))
+        logger.warning(
+            "%d of %d registered images are not in %s (e.g. %s)",
+            len(missing),
+            len(scene.registered),
+            images_dir,
+            ", ".join(missing[:3]),
+        )
 
 
 # ----------------------------------------------------------------------------- pipeline
 
-def compute_overlap(sparse: str | Path, mesh_path: str | Path, out_dir: str | Path,
-                    options: OverlapOptions | None = None, images_dir: str | Path | None = None) -> OverlapResult:
+
+def compute_overlap(
+    sparse: str | Path,
+    mesh_path: str | Path,
+    out_dir: str | Path,
+    options: OverlapOptions | None = None,
+    images_dir: str | Path | None = None,
+) -> OverlapResult:
     """Run the whole pipeline and write every output file (see the module docstring)."""
     options = options or OverlapOptions()
     options.triplets.check()
@@ -176,8 +189,11 @@ def compute_overlap(sparse: str | Path, mesh_path: str | Path, out_dir: str | Pa
         raise MirrorError(f"minimum visible fraction must be in [0, 1], got {options.min_visible_fraction}")
     finest = max([options.mask_size, *(options.png_size or ())])
     if options.resolution < finest:
-        logger.warning("ray grid (%d) coarser than the mask grid (%d): some mask cells get no pixel and stay off",
-                       options.resolution, finest)
+        logger.warning(
+            "ray grid (%d) coarser than the mask grid (%d): some mask cells get no pixel and stay off",
+            options.resolution,
+            finest,
+        )
     out_dir = Path(out_dir)
     check_writable(out_dir / "image_list.txt")  # an unwritable OUT, or a file named OUT: before casting any ray
     scene = load_scene(sparse)
@@ -187,9 +203,13 @@ def compute_overlap(sparse: str | Path, mesh_path: str | Path, out_dir: str | Pa
     n = len(scene.names)
     logger.info("%d registered images, mesh with %d triangles", len(scene.registered), len(mesh.faces))
 
-    vis = VisibilityOptions(resolution=options.resolution, engine=options.engine, element_size=options.element_size,
-                            cache_dir=out_dir / "cache" / "triangles" if options.cache else None,
-                            progress=options.progress)
+    vis = VisibilityOptions(
+        resolution=options.resolution,
+        engine=options.engine,
+        element_size=options.element_size,
+        cache_dir=out_dir / "cache" / "triangles" if options.cache else None,
+        progress=options.progress,
+    )
     reg = scene.registered
     tri = triangle_maps(scene.reconstruction, [scene.image_ids[k] for k in reg], mesh, vis)
     elements = element_ids(mesh, options.element_size)
@@ -201,15 +221,27 @@ def compute_overlap(sparse: str | Path, mesh_path: str | Path, out_dir: str | Pa
     check_visible_fraction(incidence, reg, mesh_path, options.min_visible_fraction)
     co = combined_ratios(scene.ct, mo, t_sfm=options.triplets.t_sfm)
     anchors = select_positives(co, options.triplets)
-    logger.info("%d images see the mesh; %d anchors with positives (%d strong, %d weak pairs)",
-                int((np.diff(incidence.indptr) > 0).sum()), len(anchors),
-                sum(len(a.strong) for a in anchors), sum(len(a.weak) for a in anchors))
+    logger.info(
+        "%d images see the mesh; %d anchors with positives (%d strong, %d weak pairs)",
+        int((np.diff(incidence.indptr) > 0).sum()),
+        len(anchors),
+        sum(len(a.strong) for a in anchors),
+        sum(len(a.weak) for a in anchors),
+    )
 
     geo = out_dir / "geolabel"
     gl3d.write_image_list(out_dir / "image_list.txt", scene.names)
-    gl3d.write_cameras(geo / "cameras.txt", [
-        gl3d.gl3d_from_pycolmap(scene.reconstruction.camera(scene.reconstruction.image(scene.image_ids[k]).camera_id),
-                                scene.reconstruction.image(scene.image_ids[k]).cam_from_world(), k) for k in reg])
+    gl3d.write_cameras(
+        geo / "cameras.txt",
+        [
+            gl3d.gl3d_from_pycolmap(
+                scene.reconstruction.camera(scene.reconstruction.image(scene.image_ids[k]).camera_id),
+                scene.reconstruction.image(scene.image_ids[k]).cam_from_world(),
+                k,
+            )
+            for k in reg
+        ],
+    )
     gl3d.write_ratios(geo / "common_track.txt", scene.ct)
     gl3d.write_ratios(geo / "mesh_overlap.txt", mo)
 
@@ -222,21 +254,30 @@ def compute_overlap(sparse: str | Path, mesh_path: str | Path, out_dir: str | Pa
     mask_path = None
     if options.write_pngs:
         pos = positive_pairs(anchors)
-        for (i, j), (mi, mj) in pair_masks(maps, incidence, pos, MaskOptions(png_size, options.mask_min_fraction)).items():
+        for (i, j), (mi, mj) in pair_masks(
+            maps, incidence, pos, MaskOptions(png_size, options.mask_min_fraction)
+        ).items():
             write_mask_png(out_dir / "masks" / mask_png_name(i, j), mi)
             write_mask_png(out_dir / "masks" / mask_png_name(j, i), mj)
         mask_path = lambda i, j: f"masks/{mask_png_name(i, j)}"  # noqa: E731
-    manifest = build_manifest(scene.names, anchors, options.triplets, mask_path,
-                              image_dir=str(Path(images_dir).resolve()) if images_dir is not None else None,
-                              mask_bin="geolabel/mask.bin", mask_bin_size=size,
-                              png_dir="masks" if options.write_pngs else None,
-                              png_size=png_size if options.write_pngs else None)
+    manifest = build_manifest(
+        scene.names,
+        anchors,
+        options.triplets,
+        mask_path,
+        image_dir=str(Path(images_dir).resolve()) if images_dir is not None else None,
+        mask_bin="geolabel/mask.bin",
+        mask_bin_size=size,
+        png_dir="masks" if options.write_pngs else None,
+        png_size=png_size if options.write_pngs else None,
+    )
     write_manifest(out_dir / "triplets.json", manifest)
     return OverlapResult(scene, mo, co, anchors, len(pairs), out_dir)
 
 
-def check_visible_fraction(incidence: sp.csr_matrix, registered: list[int], mesh_path: str | Path,
-                           min_fraction: float) -> None:
+def check_visible_fraction(
+    incidence: sp.csr_matrix, registered: list[int], mesh_path: str | Path, min_fraction: float
+) -> None:
     """MirrorError when fewer than `min_fraction` of the registered images see any of the mesh.
 
     A mesh in another frame or scale is often still seen by a camera or two; without this check the run
@@ -245,8 +286,10 @@ def check_visible_fraction(incidence: sp.csr_matrix, registered: list[int], mesh
     seen = int((np.diff(incidence.indptr)[registered] > 0).sum())
     total = len(registered)
     if total and seen < min_fraction * total:
-        raise MirrorError(f"mesh {mesh_path} is seen by {seen} of {total} cameras ({100 * seen / total:.0f}%); is it "
-                          f"aligned with the model (same frame and scale)? --min-visible-fraction 0 to accept")
+        raise MirrorError(
+            f"mesh {mesh_path} is seen by {seen} of {total} cameras ({100 * seen / total:.0f}%); is it "
+            f"aligned with the model (same frame and scale)? --min-visible-fraction 0 to accept"
+        )
 
 
 def _resized(m: sp.spmatrix | None, n: int) -> sp.csr_matrix:
@@ -257,8 +300,9 @@ def _resized(m: sp.spmatrix | None, n: int) -> sp.csr_matrix:
     return sp.csr_matrix((coo.data, (coo.row, coo.col)), shape=(n, n))
 
 
-def triplets_from_geolabel(scene_dir: str | Path, out_path: str | Path | None = None,
-                           options: TripletOptions | None = None) -> list[Anchor]:
+def triplets_from_geolabel(
+    scene_dir: str | Path, out_path: str | Path | None = None, options: TripletOptions | None = None
+) -> list[Anchor]:
     """Re-select positives from existing GL3D files and write a manifest (default SCENE/triplets.json).
 
     Reads image_list.txt (optional), geolabel/mesh_overlap.txt and geolabel/common_track.txt
@@ -288,13 +332,20 @@ def triplets_from_geolabel(scene_dir: str | Path, out_path: str | Path | None = 
     png_dir = scene_dir / "masks"
     mask_path = None
     if png_dir.is_dir():
+
         def mask_path(i: int, j: int) -> str | None:
             p = png_dir / mask_png_name(i, j)
             return rel(p) if p.is_file() else None
+
     bin_path = geo / "mask.bin"
-    manifest = build_manifest(names, anchors, options, mask_path,
-                              mask_bin=rel(bin_path) if bin_path.is_file() else None,
-                              mask_bin_size=MASK_SIZE if bin_path.is_file() else None,
-                              png_dir=rel(png_dir) if png_dir.is_dir() else None)
+    manifest = build_manifest(
+        names,
+        anchors,
+        options,
+        mask_path,
+        mask_bin=rel(bin_path) if bin_path.is_file() else None,
+        mask_bin_size=MASK_SIZE if bin_path.is_file() else None,
+        png_dir=rel(png_dir) if png_dir.is_dir() else None,
+    )
     write_manifest(out_path, manifest)
     return anchors

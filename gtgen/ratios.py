@@ -4,6 +4,7 @@ Sets are rows of a sparse image x element incidence matrix, so all pairwise inte
 one sparse product, with no Python loop over pairs. Paper (MIRorR, eqs. 2-4): directional ratio
 r(i, j) = |S(i) & S(j)| / |S(i)|; symmetric ratio = sqrt(r(i, j) r(j, i)) and CO live in `mirror_sfm.labels`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +15,11 @@ from mirror_sfm.labels import combined_ratios, symmetric_ratios  # noqa: F401 (t
 
 def incidence_from_sets(sets: list[np.ndarray], num_elements: int | None = None) -> sp.csr_matrix:
     """Boolean (num_images, num_elements) matrix; row i marks the element ids in sets[i]."""
-    rows = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(sets)]) if sets else np.zeros(0, np.int64)
+    rows = (
+        np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(sets)])
+        if sets
+        else np.zeros(0, np.int64)
+    )
     cols = np.concatenate([np.asarray(s, dtype=np.int64) for s in sets]) if sets else np.zeros(0, np.int64)
     n_el = int(num_elements if num_elements is not None else (cols.max() + 1 if len(cols) else 0))
     m = sp.csr_matrix((np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(len(sets), n_el))

@@ -8,13 +8,14 @@ sampled at the same image point as the ray caster's cell (r, c): ((c + 0.5) W / 
 
 Pinhole cameras only: SIMPLE_PINHOLE, PINHOLE, or SIMPLE_RADIAL / RADIAL / OPENCV / FULL_OPENCV with all
 distortion parameters zero. Any other camera is refused with a MirrorError, nothing is rendered undistorted
-(the ray caster, the default engine, is exact for every model). Meshes are recentred on their bounding-box centre (float32 on the GPU), and may have at most
-2^24 - 1 triangles.
+(the ray caster, the default engine, is exact for every model). Meshes are recentred on their bounding-box centre
+(float32 on the GPU), and may have at most 2^24 - 1 triangles.
 
 Offscreen OpenGL goes through EGL (``PYOPENGL_PLATFORM=egl`` unless already set): with no GPU, Mesa's
 llvmpipe (Debian/Ubuntu packages libegl1, libegl-mesa0, libgl1-mesa-dri, libgl1). OSMesa does not work
 with the PyOpenGL version pyrender pins.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,9 +29,9 @@ from .engine import grid_shape
 
 logger = logging.getLogger(__name__)
 
-MAX_FACES = 2 ** 24 - 1
+MAX_FACES = 2**24 - 1
 PINHOLE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
-DISTORTED_PERSPECTIVE = ("SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")   # pinhole when distortion is 0
+DISTORTED_PERSPECTIVE = ("SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")  # pinhole when distortion is 0
 
 
 def import_pyrender():
@@ -39,8 +40,10 @@ def import_pyrender():
     try:
         import pyrender
     except ImportError as exc:
-        raise MirrorError(f"engine 'pyrender' needs pyrender and an OpenGL driver (pip install pyrender; apt "
-                          f"install libegl1 libegl-mesa0 libgl1-mesa-dri): {exc}") from None
+        raise MirrorError(
+            f"engine 'pyrender' needs pyrender and an OpenGL driver (pip install pyrender; apt "
+            f"install libegl1 libegl-mesa0 libgl1-mesa-dri): {exc}"
+        ) from None
     return pyrender
 
 
@@ -50,9 +53,11 @@ def offscreen_renderer(width: int, height: int):
     try:
         return pyrender.OffscreenRenderer(int(width), int(height))
     except Exception as exc:  # EGL / PyOpenGL raise many types
-        raise MirrorError(f"cannot open an offscreen OpenGL context (PYOPENGL_PLATFORM="
-                          f"{os.environ.get('PYOPENGL_PLATFORM')}): {exc!r}; on a machine without a GPU install "
-                          f"Mesa's EGL: apt install libegl1 libegl-mesa0 libgl1-mesa-dri") from None
+        raise MirrorError(
+            f"cannot open an offscreen OpenGL context (PYOPENGL_PLATFORM="
+            f"{os.environ.get('PYOPENGL_PLATFORM')}): {exc!r}; on a machine without a GPU install "
+            f"Mesa's EGL: apt install libegl1 libegl-mesa0 libgl1-mesa-dri"
+        ) from None
 
 
 def set_multisampling(renderer, samples: int) -> None:
@@ -85,16 +90,23 @@ def disable_msaa(renderer) -> None:
 
 # ----------------------------------------------------------------------------- cameras
 
+
 def pinhole_params(camera) -> tuple[float, float, float, float]:
     """(fx, fy, cx, cy) of a pycolmap camera without distortion; MirrorError for a distorted one."""
     params = np.asarray(camera.params, np.float64)
     extra = params[list(camera.extra_params_idxs())] if len(camera.extra_params_idxs()) else np.zeros(0)
     if not (camera.model_name in PINHOLE_MODELS or (camera.model_name in DISTORTED_PERSPECTIVE and not extra.any())):
-        raise MirrorError(f"engine 'pyrender' renders pinhole cameras only, not {camera.model_name} with distortion "
-                          f"{extra.tolist()}: use the ray caster (engine 'auto' or 'embree'), which is exact for "
-                          f"every camera model, or undistort the images first")
-    return float(camera.focal_length_x), float(camera.focal_length_y), float(camera.principal_point_x), \
-        float(camera.principal_point_y)
+        raise MirrorError(
+            f"engine 'pyrender' renders pinhole cameras only, not {camera.model_name} with distortion "
+            f"{extra.tolist()}: use the ray caster (engine 'auto' or 'embree'), which is exact for "
+            f"every camera model, or undistort the images first"
+        )
+    return (
+        float(camera.focal_length_x),
+        float(camera.focal_length_y),
+        float(camera.principal_point_x),
+        float(camera.principal_point_y),
+    )
 
 
 # OpenGL cameras look down -z with y up; COLMAP's look down +z with y down.
@@ -124,17 +136,20 @@ def depth_range(bounds: np.ndarray, cam_from_world: np.ndarray, corners_xy: np.n
     centre = -R.T @ t
     dist = float(np.linalg.norm(np.maximum(np.maximum(lo - centre, 0.0), centre - hi)))
     cos_max = 1.0 / float(np.sqrt(1.0 + (np.asarray(corners_xy) ** 2).sum(axis=1)).max())
-    znear = max(0.99 * dist * cos_max, 1e-4 * zfar)   # inside the box: geometry closer than 1e-4 zfar is clipped
+    znear = max(0.99 * dist * cos_max, 1e-4 * zfar)  # inside the box: geometry closer than 1e-4 zfar is clipped
     return znear, zfar
 
 
 # ----------------------------------------------------------------------------- id colours
 
+
 def encode_ids(num: int) -> np.ndarray:
     """(num, 4) float32 RGBA colours: id k -> k + 1 packed as R * 2^16 + G * 2^8 + B, alpha 1."""
     if num > MAX_FACES:
-        raise MirrorError(f"engine 'pyrender' encodes triangle ids in 24 bits: at most {MAX_FACES} triangles, "
-                          f"this mesh has {num} (decimate it, or use the ray caster)")
+        raise MirrorError(
+            f"engine 'pyrender' encodes triangle ids in 24 bits: at most {MAX_FACES} triangles, "
+            f"this mesh has {num} (decimate it, or use the ray caster)"
+        )
     code = np.arange(1, num + 1, dtype=np.int64)
     rgb = np.stack([(code >> 16) & 255, (code >> 8) & 255, code & 255], axis=1).astype(np.float32) / 255.0
     return np.concatenate([rgb, np.ones((num, 1), np.float32)], axis=1)
@@ -147,6 +162,7 @@ def decode_ids(rgb: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- engine
+
 
 class MeshRasterizer:
     """Triangle-id renders of one mesh for any number of pinhole cameras, of any sizes.
@@ -163,11 +179,13 @@ class MeshRasterizer:
         self.bounds = np.asarray(mesh.bounds, np.float64) - self.offset
         faces = np.asarray(mesh.faces, np.int64)
         local = np.asarray(mesh.vertices, np.float64) - self.offset
-        positions = local[faces].reshape(-1, 3).astype(np.float32)   # unrolled: each face its own 3 vertices
-        primitive = pyrender.Primitive(positions=positions, color_0=np.repeat(colours, 3, axis=0),
-                                       mode=pyrender.constants.GLTF.TRIANGLES,
-                                       material=pyrender.MetallicRoughnessMaterial(baseColorFactor=[1.0, 1.0, 1.0, 1.0],
-                                                                                   doubleSided=True))
+        positions = local[faces].reshape(-1, 3).astype(np.float32)  # unrolled: each face its own 3 vertices
+        primitive = pyrender.Primitive(
+            positions=positions,
+            color_0=np.repeat(colours, 3, axis=0),
+            mode=pyrender.constants.GLTF.TRIANGLES,
+            material=pyrender.MetallicRoughnessMaterial(baseColorFactor=[1.0, 1.0, 1.0, 1.0], doubleSided=True),
+        )
         self._scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 1.0], ambient_light=[0.0, 0.0, 0.0])
         self._scene.add(pyrender.Mesh([primitive]))
         self._camera = pyrender.IntrinsicsCamera(1.0, 1.0, 0.5, 0.5, znear=0.01, zfar=1.0)
@@ -183,18 +201,19 @@ class MeshRasterizer:
             self._size = None
         if self._size != (cols, rows):
             self._renderer.viewport_width, self._renderer.viewport_height = cols, rows
-            disable_msaa(self._renderer)   # a new size gets new (multisample) framebuffers
+            disable_msaa(self._renderer)  # a new size gets new (multisample) framebuffers
             self._size = (cols, rows)
         return self._renderer
 
-    def render_ids(self, fx: float, fy: float, cx: float, cy: float, cam_from_world: np.ndarray,
-                   shape: tuple[int, int]) -> np.ndarray:
+    def render_ids(
+        self, fx: float, fy: float, cx: float, cy: float, cam_from_world: np.ndarray, shape: tuple[int, int]
+    ) -> np.ndarray:
         """(rows, cols) int32 triangle ids of a pinhole camera given in viewport pixels (-1: none)."""
         rows, cols = shape
         m = np.asarray(cam_from_world, np.float64)
         corners = np.array([[(x - cx) / fx, (y - cy) / fy] for x in (0, cols) for y in (0, rows)])
         local = m.copy()
-        local[:, 3] = m[:, 3] + m[:, :3] @ self.offset   # the same camera in the recentred frame
+        local[:, 3] = m[:, 3] + m[:, :3] @ self.offset  # the same camera in the recentred frame
         zrange = depth_range(self.bounds, local, corners)
         if zrange is None:
             return np.full(shape, -1, np.int32)
@@ -224,7 +243,7 @@ class MeshRasterizer:
                 pass
             self._renderer = None
 
-    def __enter__(self) -> "MeshRasterizer":
+    def __enter__(self) -> MeshRasterizer:
         return self
 
     def __exit__(self, *exc) -> None:

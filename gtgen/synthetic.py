@@ -14,6 +14,7 @@ Camera paths (``SynthOptions.path``), built in a frame whose vertical is ``up``:
 Everything (procedural scene, jitter, surface samples) follows ``seed``. ``procedural_mesh`` makes textured
 test scenes (a box, or boxes on a ground plane) with no data at all.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,7 +76,9 @@ class SynthOptions:
         if self.up not in UP_AXES:
             raise MirrorError(f"unknown up axis {self.up!r} ({' | '.join(UP_AXES)})")
         if self.num_views < 1 or self.width < 1 or self.height < 1:
-            raise MirrorError(f"need >= 1 view of >= 1x1 pixels, got {self.num_views} views of {self.width}x{self.height}")
+            raise MirrorError(
+                f"need >= 1 view of >= 1x1 pixels, got {self.num_views} views of {self.width}x{self.height}"
+            )
         if self.focal is not None and self.focal <= 0:
             raise MirrorError(f"focal length must be > 0 pixels, got {self.focal}")
         if not 0.0 <= self.overlap < 1.0:
@@ -90,12 +93,13 @@ class SynthOptions:
 class SynthResult:
     out_dir: Path
     names: list[str]
-    poses: list[tuple[np.ndarray, np.ndarray]]   # (R, t) world -> camera per image
+    poses: list[tuple[np.ndarray, np.ndarray]]  # (R, t) world -> camera per image
     num_points: int
     mean_track_length: float
 
 
 # ----------------------------------------------------------------------------- procedural scenes
+
 
 def _noise_texture(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     """(h, w, 3) uint8 multi-octave value noise in a random palette, with random shapes for corners."""
@@ -106,7 +110,7 @@ def _noise_texture(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarra
     for octave, cells in enumerate((3, 6, 12, 24, 48, 96)):
         grid = rng.random((cells, cells, 3)).astype(np.float32)
         up = np.stack([np.asarray(Image.fromarray(grid[..., c]).resize((w, h), Image.BICUBIC)) for c in range(3)], -1)
-        field += up * 0.6 ** octave
+        field += up * 0.6**octave
     field = (field - field.min()) / max(float(np.ptp(field)), 1e-6)
     base, accent = rng.random(3), rng.random(3)
     img = ((base * (1 - field) + accent * field) * 255).clip(0, 255).astype(np.uint8)
@@ -116,8 +120,9 @@ def _noise_texture(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarra
         x, y = rng.integers(0, w), rng.integers(0, h)
         s = int(rng.integers(3, max(4, min(w, h) // 8)))
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.rectangle if rng.random() < 0.6 else draw.ellipse)([x, y, x + s, y + int(s * rng.uniform(0.5, 2))],
-                                                                  fill=colour)
+        (draw.rectangle if rng.random() < 0.6 else draw.ellipse)(
+            [x, y, x + s, y + int(s * rng.uniform(0.5, 2))], fill=colour
+        )
     return np.asarray(im)
 
 
@@ -126,7 +131,7 @@ def _quad(origin, a, b, cell: float, tile: tuple[float, float, float, float]):
     `cell`-sized squares, facing a x b, textured with the atlas rectangle `tile` = (u0, v0, u1, v1)."""
     origin, a, b = (np.asarray(x, np.float64) for x in (origin, a, b))
     na, nb = max(1, math.ceil(np.linalg.norm(a) / cell)), max(1, math.ceil(np.linalg.norm(b) / cell))
-    s, t = np.meshgrid(np.linspace(0, 1, na + 1), np.linspace(0, 1, nb + 1))   # vertex (j, i) at j * (na + 1) + i
+    s, t = np.meshgrid(np.linspace(0, 1, na + 1), np.linspace(0, 1, nb + 1))  # vertex (j, i) at j * (na + 1) + i
     s, t = s.ravel(), t.ravel()
     vertices = origin + s[:, None] * a + t[:, None] * b
     u0, v0, u1, v1 = tile
@@ -144,13 +149,15 @@ def _box_quads(centre, size, yaw: float, bottom: bool):
     ex = np.array([math.cos(yaw), math.sin(yaw), 0.0]) * sx
     ey = np.array([-math.sin(yaw), math.cos(yaw), 0.0]) * sy
     ez = np.array([0.0, 0.0, sz])
-    o = c - (ex + ey + ez) / 2   # min corner
-    quads = [(o, ey, ex) if bottom else None,       # bottom (-z)
-             (o + ez, ex, ey),                      # top (+z)
-             (o, ex, ez),                           # -y side
-             (o + ey, ez, ex),                      # +y side
-             (o, ez, ey),                           # -x side
-             (o + ex, ey, ez)]                      # +x side
+    o = c - (ex + ey + ez) / 2  # min corner
+    quads = [
+        (o, ey, ex) if bottom else None,  # bottom (-z)
+        (o + ez, ex, ey),  # top (+z)
+        (o, ex, ez),  # -y side
+        (o + ey, ez, ex),  # +y side
+        (o, ez, ey),  # -x side
+        (o + ex, ey, ez),
+    ]  # +x side
     return [q for q in quads if q is not None]
 
 
@@ -172,7 +179,7 @@ def procedural_mesh(kind: str = "boxes", seed: int = 0, num_boxes: int = 5, cell
         if not 1 <= num_boxes <= 7:
             raise MirrorError(f"the boxes scene holds 1 to 7 boxes, got {num_boxes}")
         cell = cell or 0.5
-        quads.append(((-10.0, -10.0, 0.0), (20.0, 0.0, 0.0), (0.0, 20.0, 0.0)))   # ground, facing +z
+        quads.append(((-10.0, -10.0, 0.0), (20.0, 0.0, 0.0), (0.0, 20.0, 0.0)))  # ground, facing +z
         placed: list[tuple[float, float, float]] = []
         while len(placed) < num_boxes:
             sx, sy, sz = rng.uniform(1.5, 3.5), rng.uniform(1.5, 3.5), rng.uniform(1.5, 5.0)
@@ -193,21 +200,23 @@ def procedural_mesh(kind: str = "boxes", seed: int = 0, num_boxes: int = 5, cell
         else:
             r, c = divmod(k - 1, tiles)
             y0, x0 = r * tile_px, atlas_h + c * tile_px
-            atlas[y0:y0 + tile_px, x0:x0 + tile_px] = _noise_texture(rng, (tile_px, tile_px))
-            u0, v0 = x0 / (2 * atlas_h), 1 - (y0 + tile_px) / atlas_h   # uv origin at the bottom left
+            atlas[y0 : y0 + tile_px, x0 : x0 + tile_px] = _noise_texture(rng, (tile_px, tile_px))
+            u0, v0 = x0 / (2 * atlas_h), 1 - (y0 + tile_px) / atlas_h  # uv origin at the bottom left
             rect = (u0 + pad, v0 + 2 * pad, u0 + tile_px / (2 * atlas_h) - pad, v0 + tile_px / atlas_h - 2 * pad)
         v, f, uv = _quad(o, a, b, cell, rect)
         vertices.append(v)
         faces.append(f + offset)
         uvs.append(uv)
         offset += len(v)
-    material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(atlas), metallicFactor=0.0,
-                                                   roughnessFactor=0.9, doubleSided=True)
+    material = trimesh.visual.material.PBRMaterial(
+        baseColorTexture=Image.fromarray(atlas), metallicFactor=0.0, roughnessFactor=0.9, doubleSided=True
+    )
     visual = trimesh.visual.TextureVisuals(uv=np.concatenate(uvs), material=material)
     return trimesh.Trimesh(np.concatenate(vertices), np.concatenate(faces), visual=visual, process=False)
 
 
 # ----------------------------------------------------------------------------- mesh input
+
 
 def load_textured(path: str | Path) -> list:
     """Triangle meshes of a file (OBJ, GLB, PLY, ...), transforms applied, textures and colours kept."""
@@ -244,6 +253,7 @@ def merged_geometry(meshes: list):
 
 # ----------------------------------------------------------------------------- camera paths
 
+
 def up_basis(up: str) -> np.ndarray:
     """3x3 matrix whose columns are two horizontal axes and the vertical (right-handed)."""
     axis = "xyz".index(up[-1])
@@ -258,7 +268,7 @@ def look_at(centre, target, up) -> tuple[np.ndarray, np.ndarray]:
     centre, up = np.asarray(centre, np.float64), np.asarray(up, np.float64)
     forward = np.asarray(target, np.float64) - centre
     forward /= np.linalg.norm(forward)
-    if abs(forward @ up) > 0.999:   # looking straight up or down: any horizontal axis is "right"
+    if abs(forward @ up) > 0.999:  # looking straight up or down: any horizontal axis is "right"
         helper = np.eye(3)[int(np.argmin(np.abs(up)))]
         up = helper - (helper @ forward) * forward
     right = np.cross(forward, up)
@@ -276,8 +286,15 @@ def _rotate_about(R: np.ndarray, axis_cam: int, angle: float) -> np.ndarray:
     return G @ R
 
 
-def _fit_distance(centre: np.ndarray, direction: np.ndarray, corners: np.ndarray, up: np.ndarray,
-                  options: SynthOptions, far: float, margin: float = 0.92) -> float:
+def _fit_distance(
+    centre: np.ndarray,
+    direction: np.ndarray,
+    corners: np.ndarray,
+    up: np.ndarray,
+    options: SynthOptions,
+    far: float,
+    margin: float = 0.92,
+) -> float:
     """Smallest distance along `direction` (<= `far`, where the bounding sphere fits) from which a camera
     looking at `centre` sees all box `corners` within `margin` of the image (bisection)."""
     f, half = options.focal_px, margin * np.array([options.width, options.height]) / 2
@@ -294,11 +311,13 @@ def _fit_distance(centre: np.ndarray, direction: np.ndarray, corners: np.ndarray
     return far
 
 
-def camera_path(bounds: np.ndarray, options: SynthOptions, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+def camera_path(
+    bounds: np.ndarray, options: SynthOptions, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(R, t) world -> camera of every view along the requested path."""
     B = up_basis(options.up)
     corners = np.array([[x, y, z] for x in bounds[:, 0] for y in bounds[:, 1] for z in bounds[:, 2]]) @ B
-    lo, hi = corners.min(axis=0), corners.max(axis=0)   # the box in (horizontal 1, horizontal 2, up) coordinates
+    lo, hi = corners.min(axis=0), corners.max(axis=0)  # the box in (horizontal 1, horizontal 2, up) coordinates
     to_world = lambda p: np.asarray(p, np.float64) @ B.T  # noqa: E731  (rows of local coordinates)
     f, w, h, n, jit = options.focal_px, options.width, options.height, options.num_views, options.jitter
     up = B[:, 2]
@@ -306,7 +325,7 @@ def camera_path(bounds: np.ndarray, options: SynthOptions, rng: np.random.Genera
     if options.path == "orbit":
         centre = (lo + hi) / 2
         radius = 0.5 * float(np.linalg.norm(hi - lo))
-        distance = 1.05 * radius / math.sin(math.atan(min(w, h) / (2 * f)))   # the bounding sphere fits
+        distance = 1.05 * radius / math.sin(math.atan(min(w, h) / (2 * f)))  # the bounding sphere fits
         corners_local = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         rings = list(options.elevations)
         counts = [n // len(rings) + (k < n % len(rings)) for k in range(len(rings))]
@@ -328,16 +347,16 @@ def camera_path(bounds: np.ndarray, options: SynthOptions, rng: np.random.Genera
         height = max(sx / (1 - options.overlap) * f / w, sy / (1 - options.overlap) * f / h)
         z = max(lo[2] + height, hi[2] + 0.25 * (hi[2] - lo[2]) + 1e-6)
         for r in range(ny):
-            for c in (range(nx) if r % 2 == 0 else reversed(range(nx))):   # lawnmower
+            for c in range(nx) if r % 2 == 0 else reversed(range(nx)):  # lawnmower
                 if len(poses) == n:
                     break
                 pos = np.array([lo[0] + (c + 0.5) * sx, lo[1] + (r + 0.5) * sy, z])
                 pos[:2] += jit * np.array([sx, sy]) * rng.uniform(-1, 1, 2)
-                R = np.stack([B[:, 0], -B[:, 1], -B[:, 2]])   # image x along the first horizontal axis, looking down
-                R = _rotate_about(R, 2, jit * math.radians(30) * rng.uniform(-1, 1))   # yaw
-                R = _rotate_about(R, 0, jit * math.radians(30) * rng.uniform(-1, 1))   # tilt
+                R = np.stack([B[:, 0], -B[:, 1], -B[:, 2]])  # image x along the first horizontal axis, looking down
+                R = _rotate_about(R, 2, jit * math.radians(30) * rng.uniform(-1, 1))  # yaw
+                R = _rotate_about(R, 0, jit * math.radians(30) * rng.uniform(-1, 1))  # tilt
                 poses.append((R, -R @ to_world(pos)))
-    else:   # street
+    else:  # street
         along = 0 if hi[0] - lo[0] >= hi[1] - lo[1] else 1
         across = 1 - along
         extent = hi - lo
@@ -345,18 +364,21 @@ def camera_path(bounds: np.ndarray, options: SynthOptions, rng: np.random.Genera
         spacing = extent[along] / max(n - 1, 1)
         for k in range(n):
             pos = np.zeros(3)
-            pos[along] = (lo[along] + k * spacing if n > 1 else (lo[along] + hi[along]) / 2) + jit * spacing * rng.uniform(-1, 1)
+            pos[along] = (
+                lo[along] + k * spacing if n > 1 else (lo[along] + hi[along]) / 2
+            ) + jit * spacing * rng.uniform(-1, 1)
             pos[across] = lo[across] - standoff
             pos[2] = lo[2] + 0.5 * extent[2] * (1 + jit * rng.uniform(-1, 1))
             target = pos.copy()
             target[across] += 1.0
             R, t = look_at(to_world(pos), to_world(target), up)
-            R = _rotate_about(R, 1, jit * math.radians(30) * rng.uniform(-1, 1))   # turn left / right
+            R = _rotate_about(R, 1, jit * math.radians(30) * rng.uniform(-1, 1))  # turn left / right
             poses.append((R, -R @ to_world(pos)))
     return poses
 
 
 # ----------------------------------------------------------------------------- rendering
+
 
 class PhotoRenderer:
     """Lit, textured renders (colour + z-depth) of meshes through a pinhole camera."""
@@ -365,7 +387,7 @@ class PhotoRenderer:
         pyrender = import_pyrender()
         geometry_bounds = np.array([[m.bounds[0] for m in meshes], [m.bounds[1] for m in meshes]])
         self.bounds = np.stack([geometry_bounds[0].min(axis=0), geometry_bounds[1].max(axis=0)])
-        self.offset = self.bounds.mean(axis=0)   # recentred: float32 on the GPU
+        self.offset = self.bounds.mean(axis=0)  # recentred: float32 on the GPU
         self.scene = pyrender.Scene(bg_color=[*SKY, 1.0], ambient_light=[0.45, 0.45, 0.45])
         if not any(m.visual.defined for m in meshes):
             logger.warning("the mesh has no texture or colours: renders will be textureless (poor for matching)")
@@ -374,7 +396,7 @@ class PhotoRenderer:
             local.apply_translation(-self.offset)
             self.scene.add(pyrender.Mesh.from_trimesh(local))
         B = up_basis(options.up)
-        sun = -(0.8 * B[:, 2] + 0.45 * B[:, 0] + 0.3 * B[:, 1])   # direction the light travels
+        sun = -(0.8 * B[:, 2] + 0.45 * B[:, 0] + 0.3 * B[:, 1])  # direction the light travels
         sun /= np.linalg.norm(sun)
         self.scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=2.5), pose=self._light_pose(sun))
         f = options.focal_px
@@ -387,7 +409,7 @@ class PhotoRenderer:
 
     @staticmethod
     def _light_pose(direction: np.ndarray) -> np.ndarray:
-        z = -direction   # a light shines along its -z
+        z = -direction  # a light shines along its -z
         x = np.cross([0.0, 0.0, 1.0] if abs(z[2]) < 0.9 else [1.0, 0.0, 0.0], z)
         x /= np.linalg.norm(x)
         pose = np.eye(4)
@@ -398,16 +420,17 @@ class PhotoRenderer:
         """(H, W, 3) uint8 image and (H, W) float32 depth along the optical axis (0: background)."""
         w, h = self.size
         cam_from_world = np.concatenate([R, t[:, None]], axis=1)
-        corners = np.array([[(x - self.K[0, 2]) / self.K[0, 0], (y - self.K[1, 2]) / self.K[1, 1]]
-                            for x in (0, w) for y in (0, h)])
+        corners = np.array(
+            [[(x - self.K[0, 2]) / self.K[0, 0], (y - self.K[1, 2]) / self.K[1, 1]] for x in (0, w) for y in (0, h)]
+        )
         zrange = depth_range(self.bounds, cam_from_world, corners)
         if zrange is None:
             return np.tile(np.uint8(np.array(SKY) * 255), (h, w, 1)), np.zeros((h, w), np.float32)
         self.camera.znear, self.camera.zfar = zrange
         self.scene.set_pose(self.camera_node, gl_camera_pose(cam_from_world, self.offset))
-        set_multisampling(self.renderer, 4)   # antialiased photo
+        set_multisampling(self.renderer, 4)  # antialiased photo
         colour, _ = self.renderer.render(self.scene)
-        set_multisampling(self.renderer, 0)   # depth exactly at pixel centres
+        set_multisampling(self.renderer, 0)  # depth exactly at pixel centres
         depth = self.renderer.render(self.scene, flags=self._depth_only)
         return np.ascontiguousarray(colour), depth
 
@@ -415,8 +438,9 @@ class PhotoRenderer:
         self.renderer.delete()
 
 
-def visible_points(points: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, depth: np.ndarray,
-                   tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+def visible_points(
+    points: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, depth: np.ndarray, tolerance: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(indices, (n, 2) image coordinates) of points inside the image whose depth matches the rendered depth.
 
     `depth` is sampled at pixel centres; the depth at a point's sub-pixel position is interpolated bilinearly
@@ -430,7 +454,7 @@ def visible_points(points: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarr
     xy[front] = cam[front, :2] / z[front, None] @ K[:2, :2].T + K[:2, 2]
     inside = front & (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
     idx = np.flatnonzero(inside)
-    c = xy[idx] - 0.5   # pixel-centre coordinates
+    c = xy[idx] - 0.5  # pixel-centre coordinates
     x0 = np.clip(np.floor(c[:, 0]).astype(np.int64), 0, max(w - 2, 0))
     y0 = np.clip(np.floor(c[:, 1]).astype(np.int64), 0, max(h - 2, 0))
     x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
@@ -446,8 +470,16 @@ def visible_points(points: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarr
 
 # ----------------------------------------------------------------------------- outputs
 
-def build_reconstruction(names: list[str], poses, K: np.ndarray, size: tuple[int, int], points: np.ndarray,
-                         observations: list[tuple[np.ndarray, np.ndarray]], colours: np.ndarray):
+
+def build_reconstruction(
+    names: list[str],
+    poses,
+    K: np.ndarray,
+    size: tuple[int, int],
+    points: np.ndarray,
+    observations: list[tuple[np.ndarray, np.ndarray]],
+    colours: np.ndarray,
+):
     """pycolmap model: one PINHOLE camera, the images with their 2D points, a 3D point per sample seen >= 2 times."""
     import pycolmap
 
@@ -457,13 +489,15 @@ def build_reconstruction(names: list[str], poses, K: np.ndarray, size: tuple[int
     keep = seen >= 2
     rec = pycolmap.Reconstruction()
     w, h = size
-    rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=1, model="PINHOLE", width=w, height=h,
-                                                    params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]]))
+    rec.add_camera_with_trivial_rig(
+        pycolmap.Camera(camera_id=1, model="PINHOLE", width=w, height=h, params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]])
+    )
     tracks: dict[int, list] = {}
     for k, ((R, t), (idx, xy), name) in enumerate(zip(poses, observations, names)):
         sel = keep[idx]
-        image = pycolmap.Image(name=name, keypoints=np.asarray(xy[sel], np.float64).reshape(-1, 2), camera_id=1,
-                               image_id=k + 1)
+        image = pycolmap.Image(
+            name=name, keypoints=np.asarray(xy[sel], np.float64).reshape(-1, 2), camera_id=1, image_id=k + 1
+        )
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pycolmap.Rotation3d(R), t))
         for p2d, p in enumerate(idx[sel]):
             tracks.setdefault(int(p), []).append(pycolmap.TrackElement(k + 1, p2d))
@@ -494,8 +528,7 @@ def image_name(k: int) -> str:
     return f"{k:05d}.jpg"
 
 
-def synthesize(meshes: list, out_dir: str | Path, options: SynthOptions | None = None,
-               source: str = "") -> SynthResult:
+def synthesize(meshes: list, out_dir: str | Path, options: SynthOptions | None = None, source: str = "") -> SynthResult:
     """Render the views, write images, the true COLMAP model, mesh.ply and synth.json (see the module docstring)."""
     from PIL import Image
 
@@ -516,7 +549,7 @@ def synthesize(meshes: list, out_dir: str | Path, options: SynthOptions | None =
     images_dir.mkdir(parents=True, exist_ok=True)
     wanted = set(names)
     stale = [p for p in images_dir.glob("*.jpg") if re.fullmatch(r"\d+\.jpg", p.name) and p.name not in wanted]
-    for p in stale:   # views of an earlier, longer run: not in this model
+    for p in stale:  # views of an earlier, longer run: not in this model
         p.unlink()
     renderer = PhotoRenderer(meshes, options)
     observations = []
@@ -540,9 +573,15 @@ def synthesize(meshes: list, out_dir: str | Path, options: SynthOptions | None =
     _write_model_atomic(rec, out_dir / "sparse")
     lengths = [p.track.length() for p in rec.points3D.values()]
     mean_len = float(np.mean(lengths)) if lengths else 0.0
-    summary = {"source": source, "options": dataclasses.asdict(options), "focal_px": options.focal_px,
-               "images": len(names), "faces": int(len(geometry.faces)), "points3D": len(lengths),
-               "mean_track_length": mean_len}
+    summary = {
+        "source": source,
+        "options": dataclasses.asdict(options),
+        "focal_px": options.focal_px,
+        "images": len(names),
+        "faces": int(len(geometry.faces)),
+        "points3D": len(lengths),
+        "mean_track_length": mean_len,
+    }
     write_text_atomic(out_dir / "synth.json", json.dumps(summary, indent=2) + "\n")
     if len(lengths) == 0 and options.num_points:
         logger.warning("no surface point is seen by two views: the model has no tracks (check the path and up axis)")
@@ -565,8 +604,9 @@ def synthesize_file(mesh_path: str | Path, out_dir: str | Path, options: SynthOp
     return synthesize(load_textured(mesh_path), out_dir, options, source=str(mesh_path))
 
 
-def synthesize_procedural(kind: str, out_dir: str | Path, options: SynthOptions | None = None,
-                          num_boxes: int = 5) -> SynthResult:
+def synthesize_procedural(
+    kind: str, out_dir: str | Path, options: SynthOptions | None = None, num_boxes: int = 5
+) -> SynthResult:
     """`synthesize` on a ``procedural_mesh`` (same seed as the views)."""
     options = options or SynthOptions()
     if options.up != "z":

@@ -19,12 +19,13 @@ Paths are relative to the manifest's folder; "mask" is the mask over the anchor 
 "mask_other" the converse (absent when PNG masks were not written). Lists are sorted by CO, highest
 first; only anchors with at least one positive are listed.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -57,6 +58,12 @@ class Anchor:
     weak: list[tuple[int, float]]
 
 
+def _in_range(cols: np.ndarray, vals: np.ndarray, lo: float, hi: float) -> list[tuple[int, float]]:
+    """(column, ratio) of the positive ratios within [lo, hi], in the given order."""
+    sel = (vals >= lo) & (vals <= hi) & (vals > 0)
+    return [(int(j), float(r)) for j, r in zip(cols[sel], vals[sel])]
+
+
 def select_positives(co: sp.spmatrix, options: TripletOptions | None = None) -> list[Anchor]:
     """Anchors with at least one strong or weak positive, from a symmetric CO matrix."""
     options = options or TripletOptions()
@@ -64,18 +71,14 @@ def select_positives(co: sp.spmatrix, options: TripletOptions | None = None) -> 
     co = sp.csr_matrix(co)
     anchors = []
     for i in range(co.shape[0]):
-        cols = co.indices[co.indptr[i]:co.indptr[i + 1]]
-        vals = co.data[co.indptr[i]:co.indptr[i + 1]]
+        cols = co.indices[co.indptr[i] : co.indptr[i + 1]]
+        vals = co.data[co.indptr[i] : co.indptr[i + 1]]
         keep = cols != i
         cols, vals = cols[keep], vals[keep]
         order = np.lexsort((cols, -vals))
         cols, vals = cols[order], vals[order]
 
-        def pick(lo: float, hi: float) -> list[tuple[int, float]]:
-            sel = (vals >= lo) & (vals <= hi) & (vals > 0)
-            return [(int(j), float(r)) for j, r in zip(cols[sel], vals[sel])]
-
-        strong, weak = pick(*options.strong), pick(*options.weak)
+        strong, weak = _in_range(cols, vals, *options.strong), _in_range(cols, vals, *options.weak)
         if strong or weak:
             anchors.append(Anchor(i, strong, weak))
     return anchors
@@ -87,10 +90,18 @@ def positive_pairs(anchors: list[Anchor]) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
-def build_manifest(names: list[str], anchors: list[Anchor], options: TripletOptions,
-                   mask_path: Callable[[int, int], str | None] | None = None, *, image_dir: str | None = None,
-                   mask_bin: str | None = None, mask_bin_size: int | None = None,
-                   png_dir: str | None = None, png_size: tuple[int, int] | None = None) -> dict:
+def build_manifest(
+    names: list[str],
+    anchors: list[Anchor],
+    options: TripletOptions,
+    mask_path: Callable[[int, int], str | None] | None = None,
+    *,
+    image_dir: str | None = None,
+    mask_bin: str | None = None,
+    mask_bin_size: int | None = None,
+    png_dir: str | None = None,
+    png_size: tuple[int, int] | None = None,
+) -> dict:
     """The manifest as a dict (see the module docstring); `mask_path(i, j)` names the PNG over i for j."""
 
     def entry(i: int, j: int, r: float) -> dict:
@@ -106,11 +117,21 @@ def build_manifest(names: list[str], anchors: list[Anchor], options: TripletOpti
         "images": list(names),
         "image_dir": image_dir,
         "thresholds": {"strong": list(options.strong), "weak": list(options.weak), "t_sfm": options.t_sfm},
-        "masks": {"bin": mask_bin, "bin_size": mask_bin_size, "png_dir": png_dir,
-                  "png_size": list(png_size) if png_size else None},
-        "anchors": [{"index": a.index, "name": names[a.index],
-                     "strong": [entry(a.index, j, r) for j, r in a.strong],
-                     "weak": [entry(a.index, j, r) for j, r in a.weak]} for a in anchors],
+        "masks": {
+            "bin": mask_bin,
+            "bin_size": mask_bin_size,
+            "png_dir": png_dir,
+            "png_size": list(png_size) if png_size else None,
+        },
+        "anchors": [
+            {
+                "index": a.index,
+                "name": names[a.index],
+                "strong": [entry(a.index, j, r) for j, r in a.strong],
+                "weak": [entry(a.index, j, r) for j, r in a.weak],
+            }
+            for a in anchors
+        ],
     }
 
 

@@ -13,6 +13,7 @@ ray grid should be at least as dense as the mesh's triangles in the image; when 
 image samples a different subset of the triangles and MO is underestimated (a warning says so):
 raise ``resolution``, decimate the mesh, or group triangles into cells (``element_size``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,6 +56,7 @@ class VisibilityOptions:
 
 # ----------------------------------------------------------------------------- mesh
 
+
 def read_trimesh(path: str | Path, force: str):
     """`trimesh.load(path, force=force)` unprocessed, with one clear error for a missing or unreadable file."""
     import trimesh
@@ -88,8 +90,8 @@ def mesh_fingerprint(mesh) -> str:
 
 def embree_available() -> bool:
     try:
-        from trimesh.ray import ray_pyembree  # noqa: F401
         import embreex  # noqa: F401
+        from trimesh.ray import ray_pyembree  # noqa: F401
     except ImportError:
         return False
     return True
@@ -111,6 +113,7 @@ class MeshRayCaster:
             if not embree_available():
                 raise MirrorError("engine 'embree' needs the embreex package: pip install embreex")
             from trimesh.ray.ray_pyembree import RayMeshIntersector
+
             self.engine = "embree"
         else:
             try:
@@ -118,6 +121,7 @@ class MeshRayCaster:
             except ImportError:
                 raise MirrorError("no ray engine: pip install embreex (fast) or rtree (numpy fallback)") from None
             from trimesh.ray.ray_triangle import RayMeshIntersector
+
             self.engine = "numpy"
             logger.warning("ray casting without embree (pip install embreex): expect ~100x slower")
         self._intersector = RayMeshIntersector(local)
@@ -134,11 +138,13 @@ def make_engine(mesh, engine: str = "auto") -> RayEngine | RasterEngine:
     """A MeshRayCaster, or for engine 'pyrender' the rasteriser of ``gtgen.render``."""
     if engine == "pyrender":
         from .render import MeshRasterizer
+
         return MeshRasterizer(mesh)
     return MeshRayCaster(mesh, engine)
 
 
 # ----------------------------------------------------------------------------- rays
+
 
 def grid_pixel_centres(width: int, height: int, shape: tuple[int, int]) -> np.ndarray:
     """(rows*cols, 2) image coordinates (COLMAP: pixel (0, 0) spans [0, 1]^2) of the grid cell centres, row-major."""
@@ -165,14 +171,15 @@ def camera_rays(camera, shape: tuple[int, int]) -> np.ndarray:
     return rays
 
 
-def triangle_map(caster: RayEngine | RasterEngine, camera, cam_from_world, resolution: int = 256,
-                 rays_cam: np.ndarray | None = None) -> np.ndarray:
+def triangle_map(
+    caster: RayEngine | RasterEngine, camera, cam_from_world, resolution: int = 256, rays_cam: np.ndarray | None = None
+) -> np.ndarray:
     """(rows, cols) int32 map of the first triangle seen through each grid cell centre (-1: none).
 
     `cam_from_world` is the image's world->camera ``Rigid3d`` (``Image.cam_from_world()``);
     `rays_cam` may pass precomputed ``camera_rays`` (shared by images of one camera).
     """
-    if getattr(caster, "engine", None) == "pyrender":   # rasteriser: same grid, no rays
+    if getattr(caster, "engine", None) == "pyrender":  # rasteriser: same grid, no rays
         return caster.triangle_map(camera, cam_from_world, resolution)
     shape = grid_shape(camera.width, camera.height, resolution)
     if rays_cam is None:
@@ -182,11 +189,12 @@ def triangle_map(caster: RayEngine | RasterEngine, camera, cam_from_world, resol
     centre = -R.T @ t
     ok = np.all(np.isfinite(rays_cam), axis=1)
     hits = np.full(len(rays_cam), -1, np.int64)
-    hits[ok] = caster.first_hits(centre, rays_cam[ok] @ R)   # rows: R^T d
+    hits[ok] = caster.first_hits(centre, rays_cam[ok] @ R)  # rows: R^T d
     return hits.reshape(shape).astype(np.int32)
 
 
 # ----------------------------------------------------------------------------- all images
+
 
 def _cache_key(mesh_hash: str, camera, cam_from_world, resolution: int) -> str:
     h = hashlib.sha1()
@@ -211,8 +219,13 @@ def _save_cached(path: Path, tri: np.ndarray, name: str) -> None:
             np.savez_compressed(f, triangles=tri, name=np.array(name))
 
 
-def triangle_maps(reconstruction, image_ids: list[int], mesh, options: VisibilityOptions | None = None,
-                  caster: RayEngine | RasterEngine | None = None) -> list[np.ndarray]:
+def triangle_maps(
+    reconstruction,
+    image_ids: list[int],
+    mesh,
+    options: VisibilityOptions | None = None,
+    caster: RayEngine | RasterEngine | None = None,
+) -> list[np.ndarray]:
     """Triangle map of every image in `image_ids` (in that order); cached per image when asked."""
     options = options or VisibilityOptions()
     if not image_ids:
@@ -225,7 +238,9 @@ def triangle_maps(reconstruction, image_ids: list[int], mesh, options: Visibilit
     ray_cache: dict[tuple, np.ndarray] = {}
     maps = []
     hits = distinct = 0
-    for image_id in tqdm(image_ids, desc="casting rays", unit="img", disable=not options.progress or len(image_ids) < 2):
+    for image_id in tqdm(
+        image_ids, desc="casting rays", unit="img", disable=not options.progress or len(image_ids) < 2
+    ):
         image = reconstruction.image(image_id)
         camera = reconstruction.camera(image.camera_id)
         pose = image.cam_from_world()
@@ -249,9 +264,11 @@ def triangle_maps(reconstruction, image_ids: list[int], mesh, options: Visibilit
             _save_cached(path, tri, image.name)
         maps.append(tri)
     if hits and options.element_size is None and distinct / hits > 0.5:
-        logger.warning("the mesh is finer than the ray grid (%.0f%% of hits land on distinct triangles): mesh-overlap "
-                       "ratios will be underestimated; raise the resolution, decimate the mesh or set an element size",
-                       100.0 * distinct / hits)
+        logger.warning(
+            "the mesh is finer than the ray grid (%.0f%% of hits land on distinct triangles): mesh-overlap "
+            "ratios will be underestimated; raise the resolution, decimate the mesh or set an element size",
+            100.0 * distinct / hits,
+        )
     return maps
 
 
@@ -288,6 +305,8 @@ def mesh_overlap(maps: list[np.ndarray], num_elements: int) -> tuple[sp.csr_matr
     """
     incidence = incidence_from_maps(maps, num_elements)
     if incidence.nnz == 0:
-        raise MirrorError("no camera sees any triangle of the mesh: is the mesh in the reconstruction's frame "
-                          "(same coordinates and scale)?")
+        raise MirrorError(
+            "no camera sees any triangle of the mesh: is the mesh in the reconstruction's frame "
+            "(same coordinates and scale)?"
+        )
     return incidence, directional_ratios(incidence).tocsr()

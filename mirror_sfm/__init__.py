@@ -3,10 +3,10 @@
 Pick which image pairs COLMAP/hloc should match with a CNN that ranks images by
 the surface they share (MIRorR, Shen et al., ACCV 2018), not by what they look like.
 """
+
 import logging
 
 __version__ = "0.1.0"
-
 
 
 from .console import add_stderr_handler  # noqa: E402

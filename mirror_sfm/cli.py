@@ -36,7 +36,7 @@ logger = logging.getLogger("mirror_sfm")
 EXTRACTION_FLAGS = (
     Flag("weights", ("--weights",), metavar="default|imagenet|PATH"),
     Flag("resize", ("--resize",), metavar="PX"),
-    Flag("pooling", ("--pooling",), choices=("mac", "gem", "rmac")),
+    Flag("pooling", ("--pooling",), choices=("model", "mac", "gem", "rmac")),
     Flag("batch_size", ("--batch-size",)),
     Flag("device", ("--device",), metavar="auto|cpu|cuda"),
     Flag("num_workers", ("--num-workers",)),
@@ -60,13 +60,23 @@ PAIRS_FLAGS = (
 )
 # ReconstructionOptions (mirror_sfm.colmap) documents its fields in comments: the help is given here.
 RECONSTRUCTION_FLAGS = (
-    Flag("pairs", ("--pairs",), choices=PAIR_METHODS,
-         help="how pairs are chosen: CNN retrieval (this package), a COLMAP vocabulary tree, all pairs, or a "
-              "sliding window in name order"),
-    Flag("num_matched", ("--num-matched", "-k"), metavar="K",
-         help="neighbours per image (retrieval and vocabulary tree)"),
-    Flag("vocab_tree", ("--vocab-tree",), type=Path, metavar="FILE",
-         help="tree file from 'mirror_sfm vocabtree build' (for --pairs vocabtree)"),
+    Flag(
+        "pairs",
+        ("--pairs",),
+        choices=PAIR_METHODS,
+        help="how pairs are chosen: CNN retrieval (this package), a COLMAP vocabulary tree, all pairs, or a "
+        "sliding window in name order",
+    ),
+    Flag(
+        "num_matched", ("--num-matched", "-k"), metavar="K", help="neighbours per image (retrieval and vocabulary tree)"
+    ),
+    Flag(
+        "vocab_tree",
+        ("--vocab-tree",),
+        type=Path,
+        metavar="FILE",
+        help="tree file from 'mirror_sfm vocabtree build' (for --pairs vocabtree)",
+    ),
     Flag("mapper", ("--mapper",), choices=MAPPERS, help="COLMAP's incremental or global mapper"),
     Flag("sequential_overlap", ("--sequential-overlap",), metavar="W", help="window of --pairs sequential"),
     Flag("camera_mode", ("--camera-mode",), choices=tuple(CAMERA_MODES), help="COLMAP camera sharing"),
@@ -87,16 +97,24 @@ def _add_verify_args(p: argparse.ArgumentParser, database: bool) -> None:
     g = p.add_argument_group("geometric verification of the shortlist")
     add_flags(g, VerifyOptions, VERIFY_FLAGS)
     if database:
-        g.add_argument("--database", type=Path, metavar="DB",
-                       help="COLMAP database with SIFT for these images (colmap feature_extractor, "
-                            "pycolmap.extract_features): read-only, nothing is extracted. None: light SIFT "
-                            "(1024 features, 1024 px) cached in OUTPUT-sift.db")
+        g.add_argument(
+            "--database",
+            type=Path,
+            metavar="DB",
+            help="COLMAP database with SIFT for these images (colmap feature_extractor, "
+            "pycolmap.extract_features): read-only, nothing is extracted. None: light SIFT "
+            "(1024 features, 1024 px) cached in OUTPUT-sift.db",
+        )
 
 
 def _add_config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, metavar="YAML",
-                   help="option defaults, keys are long option names (e.g. configs/pairs.yaml); flags given "
-                        "on the command line win")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="YAML",
+        help="option defaults, keys are long option names (e.g. configs/pairs.yaml); flags given "
+        "on the command line win",
+    )
 
 
 def _verify_options(args) -> VerifyOptions:
@@ -112,20 +130,35 @@ def _retrieval_options(args) -> RetrievalOptions:
 
 
 def _pairs_options(args, flags: tuple[Flag, ...] = PAIRS_FLAGS, **extra) -> PairsOptions:
-    return options_from_args(PairsOptions, flags, args, extraction=_extraction_options(args),
-                             retrieval=_retrieval_options(args), verify=_verify_options(args), **extra)
+    return options_from_args(
+        PairsOptions,
+        flags,
+        args,
+        extraction=_extraction_options(args),
+        retrieval=_retrieval_options(args),
+        verify=_verify_options(args),
+        **extra,
+    )
 
 
 def cmd_extract(args) -> None:
     from .extract import extract
+
     res = extract(args.images, args.output, _extraction_options(args))
     print(f"{res.num_extracted} described, {res.num_cached} cached, {len(res.skipped)} unreadable -> {res.path}")
 
 
 def cmd_pairs(args) -> None:
     from .pairs import generate_pairs
-    pairs = generate_pairs(args.images, args.output, features=args.features, options=_pairs_options(args),
-                           scores_output=args.scores, database=args.database)
+
+    pairs = generate_pairs(
+        args.images,
+        args.output,
+        features=args.features,
+        options=_pairs_options(args),
+        scores_output=args.scores,
+        database=args.database,
+    )
     print(f"{len(pairs)} pairs -> {args.output}")
 
 
@@ -134,6 +167,7 @@ def cmd_whiten(args) -> None:
     from .io_utils import check_writable
     from .model import load_model, save_weights
     from .whitening import fit_pca_whitening
+
     check_writable(args.output)
     _, glob, regional = read_descriptors(args.features, regional=True)
     model = load_model(args.weights)
@@ -145,27 +179,45 @@ def cmd_whiten(args) -> None:
 
 def cmd_match(args) -> None:
     from .colmap import match_pairs
+
     match_pairs(args.database, args.pairs)
     print(f"matched the pairs of {args.pairs} into {args.database}")
 
 
 def cmd_reconstruct(args) -> None:
     from .colmap import reconstruct
+
     if args.output and args.output_opt and args.output != args.output_opt:
         raise MirrorError(f"two output folders given ({args.output} and -o {args.output_opt}): give one")
     output = args.output or args.output_opt
     if output is None:
         raise MirrorError("reconstruct needs an output folder: 'mirror_sfm reconstruct IMAGES OUTPUT' (or -o OUTPUT)")
     retrieval_kwargs = {"options": _pairs_options(args, PAIRS_FLAGS[:1])}
-    options = options_from_args(ReconstructionOptions, RECONSTRUCTION_FLAGS, args, device=args.device,
-                                retrieval_kwargs=retrieval_kwargs)
-    stats = reconstruct(args.images, output, options)
-    print(json.dumps({k: stats[k] for k in ("method", "images", "registered", "pairs_to_match",
-                                            "sparse_points", "mean_reprojection_error") if k in stats}))
+    options = options_from_args(
+        ReconstructionOptions, RECONSTRUCTION_FLAGS, args, device=args.device, retrieval_kwargs=retrieval_kwargs
+    )
+    stats = reconstruct(args.images, output, options, verbose=bool(getattr(args, "verbose", False)))
+    print(
+        json.dumps(
+            {
+                k: stats[k]
+                for k in (
+                    "method",
+                    "images",
+                    "registered",
+                    "pairs_to_match",
+                    "sparse_points",
+                    "mean_reprojection_error",
+                )
+                if k in stats
+            }
+        )
+    )
 
 
 def cmd_vocabtree_build(args) -> None:
     from .vocabtree import build_vocab_tree
+
     path = build_vocab_tree(args.images, args.output, num_words=args.words)
     print(f"vocabulary tree -> {path}")
 
@@ -173,6 +225,7 @@ def cmd_vocabtree_build(args) -> None:
 def cmd_train(args) -> None:
     from .train.config import load_config
     from .train.loop import train
+
     overrides = list(args.set or [])
     for key, value in (("run.out", args.out), ("run.steps", args.steps), ("run.device", args.device)):
         if value is not None:
@@ -184,15 +237,22 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from .io_utils import write_text_atomic
     from .scene_eval import EvaluationOptions, evaluate_scenes, format_table
+
     scenes = list(args.scenes)
     if args.split:
         from .train.data import split_scenes
+
         scenes += split_scenes(args.labels_root, args.splits, args.split)
     if not scenes:
         raise MirrorError("no scene to evaluate: give scene folders or --split NAME (with --labels-root)")
-    options = EvaluationOptions(gt=tuple(args.gt), ks=tuple(args.k), t_sfm=args.t_sfm,
-                                extraction=_extraction_options(args), retrieval=_retrieval_options(args),
-                                features_dir=str(args.features_dir) if args.features_dir else None)
+    options = EvaluationOptions(
+        gt=tuple(args.gt),
+        ks=tuple(args.k),
+        t_sfm=args.t_sfm,
+        extraction=_extraction_options(args),
+        retrieval=_retrieval_options(args),
+        features_dir=str(args.features_dir) if args.features_dir else None,
+    )
     report = evaluate_scenes(scenes, options)
     print(format_table(report))
     if args.output:
@@ -201,48 +261,70 @@ def cmd_evaluate(args) -> None:
 
 def _command(sub, name: str, summary: str, description: str, examples: str) -> argparse.ArgumentParser:
     """A subcommand parser with a description, an example epilog, -v/-q, and defaults shown in its help."""
-    p = sub.add_parser(name, help=summary, description=f"{summary}.\n\n{description}".rstrip(),
-                       epilog="example:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()),
-                       formatter_class=HelpFormatter)
+    p = sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary}.\n\n{description}".rstrip(),
+        epilog="example:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()),
+        formatter_class=HelpFormatter,
+    )
     add_verbosity(p, top=False)
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mirror_sfm", formatter_class=HelpFormatter,
+        prog="mirror_sfm",
+        formatter_class=HelpFormatter,
         description="Matchable image retrieval for Structure-from-Motion: COLMAP/hloc pair files ranked by a CNN "
-                    "that learnt which images share surface (MIRorR).",
+        "that learnt which images share surface (MIRorR).",
         epilog="example:\n  mirror_sfm pairs images/ -o pairs.txt -k 20\n  mirror_sfm reconstruct images/ out/\n\n"
-               "'mirror_sfm COMMAND --help' lists each command's options.")
+        "'mirror_sfm COMMAND --help' lists each command's options.",
+    )
     parser.add_argument("--version", action="version", version=f"mirror_sfm {__version__}")
     add_verbosity(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = _command(sub, "extract", "describe a folder of images into an h5 file (resumable)",
-                 "Global (and regional) descriptors in hloc's global-feats layout: a group per image name holding "
-                 "'global_descriptor'.\nA re-run skips unchanged images; an interrupted run resumes.",
-                 "mirror_sfm extract images/ -o global-feats.h5 --resize 512")
+    p = _command(
+        sub,
+        "extract",
+        "describe a folder of images into an h5 file (resumable)",
+        "Global (and regional) descriptors in hloc's global-feats layout: a group per image name holding "
+        "'global_descriptor'.\nA re-run skips unchanged images; an interrupted run resumes.",
+        "mirror_sfm extract images/ -o global-feats.h5 --resize 512",
+    )
     p.add_argument("images", type=Path, help="image folder (searched recursively)")
     p.add_argument("-o", "--output", type=Path, required=True, help="descriptor file (.h5)")
     _add_extraction_args(p)
     p.set_defaults(func=cmd_extract)
 
-    p = _command(sub, "pairs", "write a COLMAP/hloc pair file by matchable-image retrieval",
-                 "Each image's CNN shortlist (+ PR-MAC) is verified with SIFT (COLMAP's matching rule and two-view "
-                 "geometry)\nand its top K by inliers written as 'query neighbour' lines; --verify none keeps the "
-                 "CNN order (fast mode).",
-                 "mirror_sfm pairs images/ -o pairs.txt -k 20 --database database.db\n"
-                 "mirror_sfm pairs images/ -o pairs.txt --config configs/pairs.yaml --verify none")
+    p = _command(
+        sub,
+        "pairs",
+        "write a COLMAP/hloc pair file by matchable-image retrieval",
+        "Each image's CNN shortlist (+ PR-MAC) is verified with SIFT (COLMAP's matching rule and two-view "
+        "geometry)\nand its top K by inliers written as 'query neighbour' lines; --verify none keeps the "
+        "CNN order (fast mode).",
+        "mirror_sfm pairs images/ -o pairs.txt -k 20 --database database.db\n"
+        "mirror_sfm pairs images/ -o pairs.txt --config configs/pairs.yaml --verify none",
+    )
     p.add_argument("images", type=Path, help="image folder (searched recursively)")
     p.add_argument("-o", "--output", type=Path, required=True, help="pair file: 'name1 name2' a line")
     add_flags(p, RetrievalOptions, (NUM_MATCHED,))
-    p.add_argument("--features", type=Path, metavar="H5",
-                   help="descriptor file: mirror_sfm's cache (None: OUTPUT-global-feats.h5 beside the output), or "
-                        "an existing hloc global-feats file, which is ranked from and never overwritten")
-    p.add_argument("--scores", type=Path, metavar="FILE",
-                   help="also write 'name1 name2 cnn_score inliers' lines here (inliers: verified SIFT inliers, "
-                        "0 = failed, -1 = not verified; no inliers field with --verify none)")
+    p.add_argument(
+        "--features",
+        type=Path,
+        metavar="H5",
+        help="descriptor file: mirror_sfm's cache (None: OUTPUT-global-feats.h5 beside the output), or "
+        "an existing hloc global-feats file, which is ranked from and never overwritten",
+    )
+    p.add_argument(
+        "--scores",
+        type=Path,
+        metavar="FILE",
+        help="also write 'name1 name2 cnn_score inliers' lines here (inliers: verified SIFT inliers, "
+        "0 = failed, -1 = not verified; no inliers field with --verify none)",
+    )
     add_flags(p, PairsOptions, PAIRS_FLAGS)
     _add_config_arg(p)
     _add_extraction_args(p)
@@ -250,32 +332,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify_args(p, database=True)
     p.set_defaults(func=cmd_pairs)
 
-    p = _command(sub, "whiten", "fit PCA whitening on a descriptor file and save it with the weights",
-                 "Fitted on the regional descriptors of FEATURES; use the result with --weights FILE "
-                 "--whitening model.",
-                 "mirror_sfm whiten --features global-feats.h5 -o my-weights.pt\n"
-                 "mirror_sfm pairs images/ -o pairs.txt --weights my-weights.pt --whitening model")
+    p = _command(
+        sub,
+        "whiten",
+        "fit PCA whitening on a descriptor file and save it with the weights",
+        "Fitted on the regional descriptors of FEATURES; use the result with --weights FILE --whitening model.",
+        "mirror_sfm whiten --features global-feats.h5 -o my-weights.pt\n"
+        "mirror_sfm pairs images/ -o pairs.txt --weights my-weights.pt --whitening model",
+    )
     p.add_argument("--features", type=Path, required=True, metavar="H5", help="descriptor file from 'extract'")
     p.add_argument("--weights", default="default", metavar="default|imagenet|PATH", help="weights to add it to")
     p.add_argument("--dim", type=int, default=256, help="output dimension")
     p.add_argument("-o", "--output", type=Path, required=True, help="new weights file (.pt)")
     p.set_defaults(func=cmd_whiten)
 
-    p = _command(sub, "match", "match the pairs of a pair file into a COLMAP database (pycolmap)",
-                 "The database must hold SIFT features for every image of the pair file.",
-                 "mirror_sfm match --database database.db --pairs pairs.txt")
+    p = _command(
+        sub,
+        "match",
+        "match the pairs of a pair file into a COLMAP database (pycolmap)",
+        "The database must hold SIFT features for every image of the pair file.",
+        "mirror_sfm match --database database.db --pairs pairs.txt",
+    )
     p.add_argument("--database", type=Path, required=True, metavar="DB", help="COLMAP database (written)")
     p.add_argument("--pairs", type=Path, required=True, metavar="FILE", help="pair file, 'name1 name2' a line")
     p.set_defaults(func=cmd_match)
 
-    p = _command(sub, "reconstruct", "SIFT, matching on a pair set, incremental mapping, stats.json",
-                 "Writes OUTPUT/database.db, the pair file, OUTPUT/sparse/ (the COLMAP model) and OUTPUT/stats.json.",
-                 "mirror_sfm reconstruct images/ out/ --pairs retrieval -k 20\n"
-                 "mirror_sfm reconstruct images/ -o out/ --pairs vocabtree --vocab-tree tree.bin")
+    p = _command(
+        sub,
+        "reconstruct",
+        "SIFT, matching on a pair set, incremental mapping, stats.json",
+        "Writes OUTPUT/database.db, the pair file, OUTPUT/sparse/ (the COLMAP model) and OUTPUT/stats.json.",
+        "mirror_sfm reconstruct images/ out/ --pairs retrieval -k 20\n"
+        "mirror_sfm reconstruct images/ -o out/ --pairs vocabtree --vocab-tree tree.bin",
+    )
     p.add_argument("images", type=Path, help="image folder (searched recursively)")
     p.add_argument("output", type=Path, nargs="?", help="output folder (or -o)")
-    p.add_argument("-o", "--output", dest="output_opt", type=Path, metavar="OUTPUT",
-                   help="output folder (instead of the positional OUTPUT)")
+    p.add_argument(
+        "-o",
+        "--output",
+        dest="output_opt",
+        type=Path,
+        metavar="OUTPUT",
+        help="output folder (instead of the positional OUTPUT)",
+    )
     add_flags(p, ReconstructionOptions, RECONSTRUCTION_FLAGS)
     add_flags(p, PairsOptions, PAIRS_FLAGS[:1])
     _add_config_arg(p)
@@ -284,33 +383,62 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify_args(p, database=False)
     p.set_defaults(func=cmd_reconstruct)
 
-    p = _command(sub, "train", "fine-tune the network on gtgen labels (batched mask triplet loss; resumable)",
-                 "Settings come from the training YAML; the flags below override single values.\nA re-run with "
-                 "the same output folder resumes from its last checkpoint.",
-                 "mirror_sfm train --config configs/train.yaml -o outputs/train/run1 --steps 400 "
-                 "--set optim.lr=0.0002")
-    p.add_argument("--config", dest="train_config", type=Path, metavar="YAML",
-                   help="training YAML (e.g. configs/train.yaml)")
-    p.add_argument("-o", "--output", "--out", dest="out", metavar="DIR",
-                   help="run folder (checkpoints, logs, weights); overrides run.out")
+    p = _command(
+        sub,
+        "train",
+        "fine-tune the network on gtgen labels (batched mask triplet loss; resumable)",
+        "Settings come from the training YAML; the flags below override single values.\nA re-run with "
+        "the same output folder resumes from its last checkpoint.",
+        "mirror_sfm train --config configs/train.yaml -o outputs/train/run1 --steps 400 --set optim.lr=0.0002",
+    )
+    p.add_argument(
+        "--config", dest="train_config", type=Path, metavar="YAML", help="training YAML (e.g. configs/train.yaml)"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        "--out",
+        dest="out",
+        metavar="DIR",
+        help="run folder (checkpoints, logs, weights); overrides run.out",
+    )
     p.add_argument("--steps", type=int, help="overrides run.steps")
     p.add_argument("--device", metavar="auto|cpu|cuda", help="overrides run.device")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one option (repeatable)")
     p.set_defaults(func=cmd_train)
 
-    p = _command(sub, "evaluate", "retrieval mAP@k on labelled scenes (gtgen output folders)",
-                 "Runs the real extraction + retrieval path and scores the ranking against the scenes' overlap "
-                 "labels\n(MIRorR's AP and the usual AP@k).",
-                 "mirror_sfm evaluate --split validation --weights outputs/train/run1/weights.pt -k 10 20\n"
-                 "mirror_sfm evaluate outputs/labels/alexander --gt co:0.5 ct:0.2")
+    p = _command(
+        sub,
+        "evaluate",
+        "retrieval mAP@k on labelled scenes (gtgen output folders)",
+        "Runs the real extraction + retrieval path and scores the ranking against the scenes' overlap "
+        "labels\n(MIRorR's AP and the usual AP@k).",
+        "mirror_sfm evaluate --split validation --weights outputs/train/run1/weights.pt -k 10 20\n"
+        "mirror_sfm evaluate outputs/labels/alexander --gt co:0.5 ct:0.2",
+    )
     p.add_argument("scenes", nargs="*", type=Path, help="scene folders (image_list.txt, geolabel/, triplets.json)")
     p.add_argument("--split", help="also evaluate this split of --splits under --labels-root (e.g. validation)")
-    p.add_argument("--labels-root", type=Path, default=Path("outputs/labels"), metavar="DIR",
-                   help="folder of labelled scenes, for --split")
-    p.add_argument("--splits", type=Path, default=Path("configs/splits.yaml"), metavar="YAML",
-                   help="scene splits, for --split (the source checkout's file, relative to the working folder)")
-    p.add_argument("--gt", nargs="+", default=["co:0.5", "ct:0.2"], metavar="CRITERION:THRESHOLD",
-                   help="relevant pairs, criterion co | ct | mo")
+    p.add_argument(
+        "--labels-root",
+        type=Path,
+        default=Path("outputs/labels"),
+        metavar="DIR",
+        help="folder of labelled scenes, for --split",
+    )
+    p.add_argument(
+        "--splits",
+        type=Path,
+        default=Path("configs/splits.yaml"),
+        metavar="YAML",
+        help="scene splits, for --split (the source checkout's file, relative to the working folder)",
+    )
+    p.add_argument(
+        "--gt",
+        nargs="+",
+        default=["co:0.5", "ct:0.2"],
+        metavar="CRITERION:THRESHOLD",
+        help="relevant pairs, criterion co | ct | mo",
+    )
     p.add_argument("-k", nargs="+", type=int, default=[10, 20], help="cut-offs of mAP@k")
     p.add_argument("--t-sfm", type=float, default=0.2, help="CO = 1 where the symmetric CT reaches this")
     p.add_argument("--features-dir", type=Path, metavar="DIR", help="keep descriptor files here (None: temporary)")
@@ -319,14 +447,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retrieval_args(p)
     p.set_defaults(func=cmd_evaluate, num_matched=RetrievalOptions().num_matched)
 
-    p = _command(sub, "vocabtree", "vocabulary trees for COLMAP, built locally",
-                 "COLMAP's default trees are internet downloads; this builds one from your own images.",
-                 "mirror_sfm vocabtree build other_images/ -o tree.bin --words 4096")
+    p = _command(
+        sub,
+        "vocabtree",
+        "vocabulary trees for COLMAP, built locally",
+        "COLMAP's default trees are internet downloads; this builds one from your own images.",
+        "mirror_sfm vocabtree build other_images/ -o tree.bin --words 4096",
+    )
     vsub = p.add_subparsers(dest="vocab_command", required=True, metavar="ACTION", help="build: make a tree file")
-    b = _command(vsub, "build", "build a tree from the SIFT features of a folder of images",
-                 "Best built from images of other scenes like yours (the tree should not know the scene).",
-                 "mirror_sfm vocabtree build other_images/ -o tree.bin --words 4096\n"
-                 "mirror_sfm reconstruct images/ out/ --pairs vocabtree --vocab-tree tree.bin")
+    b = _command(
+        vsub,
+        "build",
+        "build a tree from the SIFT features of a folder of images",
+        "Best built from images of other scenes like yours (the tree should not know the scene).",
+        "mirror_sfm vocabtree build other_images/ -o tree.bin --words 4096\n"
+        "mirror_sfm reconstruct images/ out/ --pairs vocabtree --vocab-tree tree.bin",
+    )
     b.add_argument("images", type=Path, help="image folder (searched recursively)")
     b.add_argument("-o", "--output", type=Path, required=True, help="tree file")
     b.add_argument("--words", type=int, default=4096, help="number of visual words")

@@ -47,7 +47,7 @@ def field_docs(cls: type) -> dict[str, str]:
         return docs
     current = None
     indent = None
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             continue
         width = len(line) - len(line.lstrip())
@@ -89,8 +89,12 @@ class Flag:
         return long.lstrip("-").replace("-", "_")
 
 
-def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, flags: Iterable[Flag],
-              defaults: object | None = None) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    flags: Iterable[Flag],
+    defaults: object | None = None,
+) -> None:
     """Add one argument per `Flag` of dataclass `cls`, with its docstring help and its default.
 
     `defaults`: an instance whose values are the flags' defaults (default: ``cls()``).
@@ -129,13 +133,15 @@ def options_from_args(cls: type, flags: Iterable[Flag], args: argparse.Namespace
 
 # ----------------------------------------------------------------------------- verbosity
 
+
 def add_verbosity(parser: argparse.ArgumentParser, top: bool) -> None:
     """-v / -q on `parser`. Subcommands get them too (`top` False) so they work before or after the subcommand:
     there they default to SUPPRESS, so an unused subcommand flag does not reset the top-level one."""
     default: Any = False if top else argparse.SUPPRESS
     parser.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", default=default,
-                        help="warnings and errors only (no INFO lines)")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="warnings and errors only (no INFO lines)"
+    )
 
 
 def log_level(args: argparse.Namespace) -> int:
@@ -148,6 +154,7 @@ def log_level(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- YAML defaults
+
 
 def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
     """The subcommand parser `name` of `parser`."""
@@ -193,8 +200,12 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path, command: 
     return values
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace | None = None,
-                      config_dest: str = "config") -> argparse.Namespace:
+def parse_with_config(
+    parser: argparse.ArgumentParser,
+    argv: list[str],
+    args: argparse.Namespace | None = None,
+    config_dest: str = "config",
+) -> argparse.Namespace:
     """`argv` parsed (`args`: already parsed once); when the chosen subcommand got `--config FILE`, parsed again
     with FILE's values as the subcommand's defaults, so every flag given on the command line beats the file."""
     args = parser.parse_args(argv) if args is None else args

@@ -1,4 +1,5 @@
 """Console plumbing shared by the `mirror_sfm` and `gtgen` commands: logging to stderr, one-line errors."""
+
 from __future__ import annotations
 
 import errno
@@ -74,8 +75,10 @@ _USER_FIXABLE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ER
 
 def os_error_line(exc: OSError) -> str:
     """One line for a file-system fault: what failed, on which file, and the fix."""
-    fix = {errno.ENOSPC: "free some space (finished work is kept; run again to resume)",
-           errno.EDQUOT: "free some space (finished work is kept; run again to resume)",
-           errno.EROFS: "choose an output on a writable disk"}.get(exc.errno, "check its permissions")
+    fix = {
+        errno.ENOSPC: "free some space (finished work is kept; run again to resume)",
+        errno.EDQUOT: "free some space (finished work is kept; run again to resume)",
+        errno.EROFS: "choose an output on a writable disk",
+    }.get(exc.errno, "check its permissions")
     where = f" {exc.filename}" if exc.filename else ""
     return f"file-system error on{where}: {exc.strerror or exc}; {fix}"

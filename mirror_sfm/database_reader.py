@@ -10,6 +10,7 @@ for writing or changed by a byte, whichever COLMAP made it (3.8's schema and 4.x
 COLMAP stores features largest scale first, so the first N rows are the N most stable ones (its vocab tree's
 spatial verification keeps the same first N).
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,7 +31,7 @@ class ImageFeatures:
     """One image's first N SIFT features and its camera."""
 
     name: str
-    keypoints: np.ndarray    # (n, 2) float64 pixel coordinates
+    keypoints: np.ndarray  # (n, 2) float64 pixel coordinates
     descriptors: np.ndarray  # (n, 128) uint8
     camera: pycolmap.Camera
 
@@ -81,13 +82,18 @@ class FeatureDatabase:
 
     def camera(self, camera_id: int) -> pycolmap.Camera:
         if camera_id not in self._cameras:
-            row = self._query("SELECT model, width, height, params, prior_focal_length FROM cameras "
-                              "WHERE camera_id = ?", (camera_id,))
+            row = self._query(
+                "SELECT model, width, height, params, prior_focal_length FROM cameras WHERE camera_id = ?", (camera_id,)
+            )
             if row is None:
                 raise MirrorError(f"COLMAP database {self.path}: camera {camera_id} is missing")
             model, width, height, params, prior = row
-            camera = pycolmap.Camera(model=pycolmap.CameraModelId(model), width=width, height=height,
-                                     params=np.frombuffer(params, dtype=np.float64).copy())
+            camera = pycolmap.Camera(
+                model=pycolmap.CameraModelId(model),
+                width=width,
+                height=height,
+                params=np.frombuffer(params, dtype=np.float64).copy(),
+            )
             camera.has_prior_focal_length = bool(prior)
             self._cameras[camera_id] = camera
         return self._cameras[camera_id]
@@ -100,14 +106,18 @@ class FeatureDatabase:
         keypoints = _blob_array(kp, np.float32)
         descriptors = _blob_array(desc, np.uint8)
         if len(keypoints) != len(descriptors):
-            raise MirrorError(f"COLMAP database {self.path}: image {name} has {len(keypoints)} keypoints but "
-                              f"{len(descriptors)} descriptors")
+            raise MirrorError(
+                f"COLMAP database {self.path}: image {name} has {len(keypoints)} keypoints but "
+                f"{len(descriptors)} descriptors"
+            )
         if len(descriptors) and descriptors.shape[1] != 128:
-            raise MirrorError(f"COLMAP database {self.path}: image {name} has {descriptors.shape[1]}-d descriptors, "
-                              "not SIFT's 128")
+            raise MirrorError(
+                f"COLMAP database {self.path}: image {name} has {descriptors.shape[1]}-d descriptors, not SIFT's 128"
+            )
         n = len(keypoints) if max_features is None else min(max_features, len(keypoints))
-        return ImageFeatures(name, keypoints[:n, :2].astype(np.float64), np.ascontiguousarray(descriptors[:n]),
-                             self.camera(camera_id))
+        return ImageFeatures(
+            name, keypoints[:n, :2].astype(np.float64), np.ascontiguousarray(descriptors[:n]), self.camera(camera_id)
+        )
 
     def _query(self, sql: str, args: tuple):
         rows = self._query_all(sql, args)
@@ -118,8 +128,10 @@ class FeatureDatabase:
             return self._con.execute(sql, args).fetchall()  # fetchall: the statement ends, no read lock is kept
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc):
-                raise MirrorError(f"COLMAP database {self.path} is locked by another program (COLMAP still "
-                                  f"writing?) for over {self._timeout:g} s; wait for it to finish and re-run") from None
+                raise MirrorError(
+                    f"COLMAP database {self.path} is locked by another program (COLMAP still "
+                    f"writing?) for over {self._timeout:g} s; wait for it to finish and re-run"
+                ) from None
             raise MirrorError(f"cannot read COLMAP database {self.path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise MirrorError(f"cannot read COLMAP database {self.path}: {exc}") from None

@@ -6,6 +6,7 @@
 mAP averages over queries with a non-empty ground truth. A ranked list is read once per item (a repeat
 counts as nothing); scores with ties are ranked by `rank_by_score`, which keeps the input order among equals.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -37,7 +38,7 @@ def precision_recall(ranked: Sequence, relevant: set, k: int) -> tuple[np.ndarra
         raise ValueError("precision-recall is undefined for a query with no relevant item")
     hits = np.zeros(k)
     ranked = dedupe(ranked)[:k]
-    hits[:len(ranked)] = [item in relevant for item in ranked]
+    hits[: len(ranked)] = [item in relevant for item in ranked]
     cum = np.cumsum(hits)
     return cum / np.arange(1, k + 1), cum / len(relevant)
 
@@ -73,12 +74,13 @@ class MAP:
     k: int
     map_mirror: float
     map_at_k: float
-    num_queries: int      # queries with a non-empty ground truth (the ones averaged)
+    num_queries: int  # queries with a non-empty ground truth (the ones averaged)
     num_empty_gt: int = 0  # queries left out because nothing is relevant to them
 
 
-def mean_average_precision(rankings: dict, ground_truth: dict[object, set], k: int,
-                           queries: Iterable | None = None) -> MAP:
+def mean_average_precision(
+    rankings: dict, ground_truth: dict[object, set], k: int, queries: Iterable | None = None
+) -> MAP:
     """mAP@k over queries with non-empty GT; a query missing from `rankings` counts as an empty list."""
     asked = list(queries if queries is not None else ground_truth)
     queries = [q for q in asked if ground_truth.get(q)]

@@ -4,6 +4,7 @@ The whole image is used (resized so its long side is `resize`, never centre-crop
 feature map (`RetrievalModel.describe`): a global descriptor (the model's own pooling: MAC, GeM or R-MAC) and
 the 35 R-MAC regional vectors for PR-MAC, stored unwhitened (retrieval picks the whitening).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -96,16 +97,27 @@ def extractor_signature(model: RetrievalModel, options: ExtractionOptions) -> di
         digest.update(key.encode())
         digest.update(value.detach().cpu().float().numpy().tobytes()[:4096])
     pooling = pooling_of(options, model)
-    signature = {"model": model.name, "weights_sha1": digest.hexdigest()[:16], "resize": options.resize,
-                 "pooling": pooling, "regional": options.regional, "rmac_steps": list(RMAC_STEPS)}
+    signature = {
+        "model": model.name,
+        "weights_sha1": digest.hexdigest()[:16],
+        "resize": options.resize,
+        "pooling": pooling,
+        "regional": options.regional,
+        "rmac_steps": list(RMAC_STEPS),
+    }
     if pooling == "gem":
         signature["gem_p"] = model.gem_p
     return signature
 
 
 @torch.no_grad()
-def extract(image_dir: str | Path, output: str | Path, options: ExtractionOptions | None = None,
-            image_names: list[str] | None = None, model: RetrievalModel | None = None) -> ExtractionResult:
+def extract(
+    image_dir: str | Path,
+    output: str | Path,
+    options: ExtractionOptions | None = None,
+    image_names: list[str] | None = None,
+    model: RetrievalModel | None = None,
+) -> ExtractionResult:
     """Describe every image of `image_dir` (or `image_names`) into the h5 file `output`.
 
     Images already stored with the same size and mtime are skipped; an interrupted run resumes from
@@ -131,13 +143,25 @@ def extract(image_dir: str | Path, output: str | Path, options: ExtractionOption
         result = _extract_locked(image_dir, output, options, image_names, model, device, signature)
     if result.num_extracted + result.num_cached == 0:
         raise MirrorError(f"no readable image in {image_dir} ({len(result.skipped)} unreadable)")
-    logger.info("described %d images (%d cached, %d unreadable) -> %s", result.num_extracted,
-                result.num_cached, len(result.skipped), output)
+    logger.info(
+        "described %d images (%d cached, %d unreadable) -> %s",
+        result.num_extracted,
+        result.num_cached,
+        len(result.skipped),
+        output,
+    )
     return result
 
 
-def _extract_locked(image_dir: Path, output: Path, options: ExtractionOptions, image_names: list[str],
-                    model: RetrievalModel, device: torch.device, signature: dict) -> ExtractionResult:
+def _extract_locked(
+    image_dir: Path,
+    output: Path,
+    options: ExtractionOptions,
+    image_names: list[str],
+    model: RetrievalModel,
+    device: torch.device,
+    signature: dict,
+) -> ExtractionResult:
     """The extraction proper, run while this process holds `output`'s lock."""
     pooling = pooling_of(options, model)
     f = features_io.open_work_file(output, signature)
@@ -156,8 +180,12 @@ def _extract_locked(image_dir: Path, output: Path, options: ExtractionOptions, i
                 todo[name] = file_sig
         if result.num_cached:
             logger.info("%d of %d images already described in %s", result.num_cached, len(image_names), output)
-        loader = DataLoader(ImageFolder(image_dir, list(todo), options.resize), batch_size=None, shuffle=False,
-                            num_workers=options.num_workers if len(todo) > 1 else 0)
+        loader = DataLoader(
+            ImageFolder(image_dir, list(todo), options.resize),
+            batch_size=None,
+            shuffle=False,
+            num_workers=options.num_workers if len(todo) > 1 else 0,
+        )
         batch: list = []
 
         def flush():
@@ -166,14 +194,20 @@ def _extract_locked(image_dir: Path, output: Path, options: ExtractionOptions, i
             images = torch.stack([t for _, t, _ in batch]).to(device)
             glob, reg = model.describe(images, regional=options.regional, pooling=pooling)
             glob, reg = glob.cpu().numpy(), (reg.cpu().numpy() if reg is not None else None)
-            features_io.write_batch(f, output, [
-                (name, glob[k], None if reg is None else reg[k], size, todo[name])
-                for k, (name, _, size) in enumerate(batch)])
+            features_io.write_batch(
+                f,
+                output,
+                [
+                    (name, glob[k], None if reg is None else reg[k], size, todo[name])
+                    for k, (name, _, size) in enumerate(batch)
+                ],
+            )
             result.num_extracted += len(batch)
             batch.clear()
 
-        for name, tensor, size, error in tqdm(loader, total=len(todo), desc="describe images", unit="img",
-                                              disable=not todo):
+        for name, tensor, size, error in tqdm(
+            loader, total=len(todo), desc="describe images", unit="img", disable=not todo
+        ):
             if error is not None:
                 logger.warning("skipping unreadable image: %s", error)
                 result.skipped[name] = error

@@ -7,6 +7,7 @@ with other settings is recomputed, but an HDF5 file without that attribute (e.g.
 was not written by mirror_sfm and is never overwritten (`is_foreign`, `read_foreign_descriptors`).
 A run writes `FILE.partial` and renames it to FILE when complete; write failures are one MirrorError line.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,9 +32,11 @@ def list_h5_names(path: str | Path) -> list[str]:
     """Names of all image groups (those holding a `global_descriptor`), nested names joined by '/'."""
     names = []
     with h5py.File(path, "r") as f:
+
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset) and name.endswith("/global_descriptor"):
                 names.append(name[: -len("/global_descriptor")])
+
         f.visititems(visit)
     return sorted(names)
 
@@ -61,12 +64,14 @@ def is_foreign(path: str | Path) -> bool:
 
 
 def foreign_file_error(path: Path, what: str) -> MirrorError:
-    return MirrorError(f"{path} was not written by mirror_sfm (no '{EXTRACTOR_ATTR}' attribute, e.g. hloc's "
-                       f"global-feats): {what}")
+    return MirrorError(
+        f"{path} was not written by mirror_sfm (no '{EXTRACTOR_ATTR}' attribute, e.g. hloc's global-feats): {what}"
+    )
 
 
-def read_foreign_descriptors(path: str | Path, names: list[str], regional: bool = False
-                             ) -> tuple[np.ndarray, np.ndarray | None]:
+def read_foreign_descriptors(
+    path: str | Path, names: list[str], regional: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Global (N, D) float32 descriptors, L2-normalised, of `names` from a descriptor file mirror_sfm did not
     write (hloc's layout, any dimension D), and the regional ones (N, R, D) float16 when asked and stored for
     every image (else None). A missing name or mixed dimensions is one MirrorError naming the file."""
@@ -74,9 +79,12 @@ def read_foreign_descriptors(path: str | Path, names: list[str], regional: bool 
     with h5py.File(path, "r") as f:
         missing = [n for n in names if n not in f or "global_descriptor" not in f[n]]
         if missing:
-            raise foreign_file_error(path, f"it has no descriptor for image {missing[0]} ({len(missing)} of "
-                                           f"{len(names)} missing); it is never overwritten, so describe the "
-                                           f"images into another --features file")
+            raise foreign_file_error(
+                path,
+                f"it has no descriptor for image {missing[0]} ({len(missing)} of "
+                f"{len(names)} missing); it is never overwritten, so describe the "
+                f"images into another --features file",
+            )
         try:
             glob = np.stack([np.asarray(f[n]["global_descriptor"][()], np.float32).reshape(-1) for n in names])
             reg = None
@@ -106,12 +114,16 @@ def open_work_file(path: Path, extractor: dict) -> h5py.File:
             same = _read_extractor(candidate, repair=candidate == partial) == extractor
         except Exception as exc:  # h5py raises OSError, KeyError, ... for corrupt files
             if candidate == partial:
-                logger.warning("unfinished descriptor file %s is corrupt or unreadable (%s); starting it again",
-                               candidate, _short(exc))
+                logger.warning(
+                    "unfinished descriptor file %s is corrupt or unreadable (%s); starting it again",
+                    candidate,
+                    _short(exc),
+                )
                 _remove(candidate, path)
             else:
-                logger.warning("descriptor cache %s is corrupt or unreadable (%s); it is rebuilt", candidate,
-                               _short(exc))
+                logger.warning(
+                    "descriptor cache %s is corrupt or unreadable (%s); it is rebuilt", candidate, _short(exc)
+                )
             continue
         if same:
             if candidate == path:
@@ -204,8 +216,9 @@ def write_error(path: Path, exc: BaseException) -> MirrorError:
     return MirrorError(f"cannot write {path} ({_short(exc)}): check the disk and re-run; {kept}")
 
 
-def write_batch(f: h5py.File, path: Path,
-                items: list[tuple[str, np.ndarray, np.ndarray | None, tuple[int, int], tuple[int, int]]]) -> None:
+def write_batch(
+    f: h5py.File, path: Path, items: list[tuple[str, np.ndarray, np.ndarray | None, tuple[int, int], tuple[int, int]]]
+) -> None:
     """Store (name, global, regional, image size, file signature) records, crash-safely for a resume.
 
     The descriptors are written and flushed first; only then are the images marked done (their file
@@ -245,8 +258,14 @@ def is_fresh(f: h5py.File, name: str, signature: tuple[int, int]) -> bool:
     return (int(grp.attrs.get("file_size", -1)), int(grp.attrs.get("file_mtime_ns", -1))) == signature
 
 
-def write_image(f: h5py.File, name: str, global_desc: np.ndarray, regional: np.ndarray | None,
-                image_size: tuple[int, int], signature: tuple[int, int] | None) -> None:
+def write_image(
+    f: h5py.File,
+    name: str,
+    global_desc: np.ndarray,
+    regional: np.ndarray | None,
+    image_size: tuple[int, int],
+    signature: tuple[int, int] | None,
+) -> None:
     """Store one image's descriptors; `signature` (size, mtime) marks it done (None: leave that to `mark_done`)."""
     if name in f:
         del f[name]
@@ -264,8 +283,9 @@ def mark_done(f: h5py.File, name: str, signature: tuple[int, int]) -> None:
     f[name].attrs["file_size"], f[name].attrs["file_mtime_ns"] = signature
 
 
-def read_descriptors(path: str | Path, names: list[str] | None = None, regional: bool = False
-                     ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+def read_descriptors(
+    path: str | Path, names: list[str] | None = None, regional: bool = False
+) -> tuple[list[str], np.ndarray, np.ndarray | None]:
     """Load global (N, D) float32 descriptors, and regional (N, R, C) float16 ones when asked, for `names`."""
     path = Path(path)
     if not path.is_file():

@@ -34,6 +34,7 @@ from .model import load_model
 try:  # hloc's base class when hloc is installed, so hloc's dynamic_load accepts the model
     from hloc.utils.base_model import BaseModel
 except ImportError:
+
     class BaseModel(nn.Module):
         """hloc's BaseModel interface: `conf` = `default_conf` updated by the given one, `_init(conf)`,
         `forward(data)` checks `required_inputs` and calls `_forward(data)`."""
@@ -77,14 +78,17 @@ class MirrorSfM(BaseModel):
     def _forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         image = data["image"]
         if image.shape[1] != 3:
-            raise ValueError(f"mirror_sfm needs RGB images (B, 3, H, W), got {tuple(image.shape)}: "
-                             "set grayscale: False in hloc's preprocessing")
+            raise ValueError(
+                f"mirror_sfm needs RGB images (B, 3, H, W), got {tuple(image.shape)}: "
+                "set grayscale: False in hloc's preprocessing"
+            )
         long_side = int(self.conf.get("resize") or 0)
         h, w = image.shape[-2:]
         if long_side > 0 and max(h, w) != long_side:
             new_w, new_h = resized_size(w, h, long_side)
-            image = nn.functional.interpolate(image, size=(new_h, new_w), mode="bilinear", align_corners=False,
-                                              antialias=True)
+            image = nn.functional.interpolate(
+                image, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+            )
         glob, regional = describe_maps(self.net(image), self.conf["pooling"], bool(self.conf["regional"]))
         out = {"global_descriptor": glob}
         if regional is not None:

@@ -1,4 +1,5 @@
 """Find and read images: any common format, EXIF orientation applied, converted to 8-bit RGB."""
+
 from __future__ import annotations
 
 import logging
@@ -34,13 +35,17 @@ def list_images(image_dir: str | Path) -> list[str]:
             (names if _is_utf8(name) else undecodable).append(name)
     names.sort()
     if undecodable:
-        logger.warning("skipping %d image(s) whose file name is not valid UTF-8 (COLMAP pair files and the "
-                       "descriptor file cannot carry it; rename them): %s", len(undecodable),
-                       ", ".join(repr(os.fsencode(n)) for n in sorted(undecodable)))
+        logger.warning(
+            "skipping %d image(s) whose file name is not valid UTF-8 (COLMAP pair files and the "
+            "descriptor file cannot carry it; rename them): %s",
+            len(undecodable),
+            ", ".join(repr(os.fsencode(n)) for n in sorted(undecodable)),
+        )
     if not names:
         skipped = f"; {len(undecodable)} skipped for names that are not valid UTF-8" if undecodable else ""
-        raise MirrorError(f"no images found in {image_dir} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}"
-                          f"{skipped})")
+        raise MirrorError(
+            f"no images found in {image_dir} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}{skipped})"
+        )
     check_names(names, image_dir)
     return names
 
@@ -58,8 +63,10 @@ def check_names(names: list[str], image_dir: str | Path = "") -> None:
     """Reject names with whitespace (COLMAP/hloc pair files split lines on spaces) or not valid UTF-8."""
     for name in names:
         if not _is_utf8(name):
-            raise MirrorError(f"image name is not valid UTF-8, which COLMAP pair files cannot carry: "
-                              f"{os.fsencode(Path(image_dir) / name)!r} (rename it)")
+            raise MirrorError(
+                f"image name is not valid UTF-8, which COLMAP pair files cannot carry: "
+                f"{os.fsencode(Path(image_dir) / name)!r} (rename it)"
+            )
         if any(c.isspace() for c in name):
             raise MirrorError(
                 f"image name contains whitespace, which COLMAP pair files cannot carry: "

@@ -1,5 +1,6 @@
 """Safe output: atomic writes (a temporary file renamed over the target), a writability check made before any
 work, and an exclusive lock so two runs never write the same output at once."""
+
 from __future__ import annotations
 
 import contextlib
@@ -55,8 +56,10 @@ def check_writable(path: str | os.PathLike) -> None:
     """
     path = Path(path)
     if path.is_dir():
-        raise MirrorError(f"output {path} is an existing folder, not a file: give a file path "
-                          f"(e.g. {path / 'NAME'}) or remove the folder")
+        raise MirrorError(
+            f"output {path} is an existing folder, not a file: give a file path "
+            f"(e.g. {path / 'NAME'}) or remove the folder"
+        )
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -65,10 +68,14 @@ def check_writable(path: str | os.PathLike) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
     except OSError as exc:
-        why = {errno.EROFS: "is on a read-only file system", errno.ENOSPC: "is on a full disk",
-               errno.EDQUOT: "is on a disk over its quota"}.get(exc.errno, "is read-only")
-        raise MirrorError(f"cannot write {path}: folder {folder} {why} ({exc.strerror}); "
-                          f"make it writable or choose another output") from None
+        why = {
+            errno.EROFS: "is on a read-only file system",
+            errno.ENOSPC: "is on a full disk",
+            errno.EDQUOT: "is on a disk over its quota",
+        }.get(exc.errno, "is read-only")
+        raise MirrorError(
+            f"cannot write {path}: folder {folder} {why} ({exc.strerror}); make it writable or choose another output"
+        ) from None
     os.close(fd)
     os.unlink(probe)
 
@@ -101,8 +108,10 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise MirrorError(f"{path} is being written by another mirror_sfm run (pid {holder}); "
-                              f"wait for it or choose another output") from None
+            raise MirrorError(
+                f"{path} is being written by another mirror_sfm run (pid {holder}); "
+                f"wait for it or choose another output"
+            ) from None
         except BaseException:
             os.close(fd)
             raise

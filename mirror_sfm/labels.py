@@ -9,6 +9,7 @@ see `gtgen.triplets`). Ratios are combined as in MIRorR (eqs. 3-4): symmetric = 
 CO = 1 where the symmetric common-track ratio reaches t_sfm, else the symmetric mesh overlap.
 The writers live in gtgen; nothing here imports it.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,6 +35,7 @@ MASK_SIZE = 32  # GL3D's mask grid (its reader's default)
 
 
 # ----------------------------------------------------------------------------- files
+
 
 def read_image_list(path: str | Path) -> list[str]:
     """``image_list.txt``: the name of image k on line k (blank lines skipped)."""
@@ -70,8 +72,9 @@ def read_ratios(path: str | Path, num_images: int | None = None) -> sp.csr_matri
     n_img = num_images if num_images is not None else (max(max(rows), max(cols)) + 1 if rows else 0)
     if rows and max(max(rows), max(cols)) >= n_img:
         raise MirrorError(f"{path}: image index {max(max(rows), max(cols))} out of range for {n_img} images")
-    m = sp.csr_matrix((np.asarray(vals, np.float64), (np.asarray(rows, np.int64), np.asarray(cols, np.int64))),
-                      shape=(n_img, n_img))
+    m = sp.csr_matrix(
+        (np.asarray(vals, np.float64), (np.asarray(rows, np.int64), np.asarray(cols, np.int64))), shape=(n_img, n_img)
+    )
     m.eliminate_zeros()
     return m
 
@@ -89,8 +92,9 @@ def read_mask_bin(path: str | Path, size: int = MASK_SIZE) -> dict[tuple[int, in
     dtype = mask_record_dtype(size)
     nbytes = path.stat().st_size
     if nbytes % dtype.itemsize:
-        raise MirrorError(f"{path}: {nbytes} bytes is not a whole number of {size}x{size} mask records "
-                          f"({dtype.itemsize} bytes each)")
+        raise MirrorError(
+            f"{path}: {nbytes} bytes is not a whole number of {size}x{size} mask records ({dtype.itemsize} bytes each)"
+        )
     rec = np.fromfile(path, dtype=dtype)
     return {(int(i), int(j)): (m[0].copy(), m[1].copy()) for (i, j), m in zip(rec["idx"], rec["masks"])}
 
@@ -122,6 +126,7 @@ def read_manifest(path: str | Path) -> dict:
 
 # ----------------------------------------------------------------------------- ratio maths
 
+
 def symmetric_ratios(directional: sp.spmatrix) -> sp.csr_matrix:
     """Geometric mean sqrt(r(i, j) r(j, i)) of the two directions."""
     return directional.multiply(directional.T).sqrt().tocsr()
@@ -135,6 +140,7 @@ def combined_ratios(ct: sp.spmatrix, mo: sp.spmatrix, t_sfm: float = 0.2) -> sp.
 
 
 # ----------------------------------------------------------------------------- scenes
+
 
 def scene_image_dir(scene_dir: Path) -> Path:
     """The photos of a labelled scene: triplets.json's image_dir (absolute or relative), else SCENE/images."""
@@ -159,8 +165,8 @@ class SceneLabels:
     name: str
     image_dir: Path
     names: list[str]
-    ct: sp.csr_matrix   # common-track ratios (zeros when the scene has no common_track.txt)
-    mo: sp.csr_matrix   # mesh-overlap ratios
+    ct: sp.csr_matrix  # common-track ratios (zeros when the scene has no common_track.txt)
+    mo: sp.csr_matrix  # mesh-overlap ratios
 
     def relevance(self, criterion: str, threshold: float, t_sfm: float = 0.2) -> sp.csr_matrix:
         """Symmetric (N, N) bool matrix of relevant pairs (no diagonal): criterion co | ct | mo >= threshold
@@ -179,8 +185,10 @@ class SceneLabels:
     def ground_truth(self, criterion: str, threshold: float, t_sfm: float = 0.2) -> dict[str, set[str]]:
         """{image name: names of its relevant images} (see `relevance`)."""
         rel = self.relevance(criterion, threshold, t_sfm)
-        return {self.names[i]: {self.names[j] for j in rel.indices[rel.indptr[i]:rel.indptr[i + 1]]}
-                for i in range(len(self.names))}
+        return {
+            self.names[i]: {self.names[j] for j in rel.indices[rel.indptr[i] : rel.indptr[i + 1]]}
+            for i in range(len(self.names))
+        }
 
 
 def load_scene_labels(scene_dir: str | Path) -> SceneLabels:

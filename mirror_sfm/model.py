@@ -8,6 +8,7 @@ evaluation use. Weights files are torch checkpoints `{"format": "mirror_sfm-weig
 `mirror_sfm/weights/default.pt` when present, else the ImageNet initialisation, so a trained checkpoint
 drops in with no code change.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,14 @@ class RetrievalModel(nn.Module):
     """Backbone, its global pooling (`pooling`: mac | gem | rmac, `gem_p`) and its descriptor whitening;
     `forward` returns the feature map, `describe` the descriptors."""
 
-    def __init__(self, backbone: Backbone, whitening: Whitening | None = None, meta: dict | None = None,
-                 pooling: str = "mac", gem_p: float = GEM_P):
+    def __init__(
+        self,
+        backbone: Backbone,
+        whitening: Whitening | None = None,
+        meta: dict | None = None,
+        pooling: str = "mac",
+        gem_p: float = GEM_P,
+    ):
         super().__init__()
         self.backbone = backbone
         self.whitening = whitening
@@ -49,8 +56,9 @@ class RetrievalModel(nn.Module):
         """RGB in [0, 1], (B, 3, H, W) -> feature map (B, C, h, w)."""
         return self.backbone(self.backbone.normalize(images))
 
-    def describe(self, images: torch.Tensor, regional: bool = False, whiten: bool = False,
-                 pooling: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def describe(
+        self, images: torch.Tensor, regional: bool = False, whiten: bool = False, pooling: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """RGB in [0, 1], (B, 3, H, W) -> global (B, D) and, with `regional`, the 35 R-MAC regions (B, R, D),
         each L2-normalised: backbone -> pooling -> whitening.
 
@@ -60,8 +68,9 @@ class RetrievalModel(nn.Module):
         """
         return self.describe_map(self(images), regional, whiten, pooling)
 
-    def describe_map(self, fmap: torch.Tensor, regional: bool = False, whiten: bool = False,
-                     pooling: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def describe_map(
+        self, fmap: torch.Tensor, regional: bool = False, whiten: bool = False, pooling: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`describe` from an already computed feature map (training reuses the map for its masked terms)."""
         pooling = check_pooling(pooling or self.pooling)
         regions = regional_mac(fmap, RMAC_STEPS) if (regional or pooling == "rmac") else None
@@ -133,8 +142,10 @@ def load_model(weights: str | Path = "default", backbone: str = DEFAULT_BACKBONE
     net.load_state_dict(state)
     whitening = Whitening.from_dict(ckpt["whitening"]) if ckpt.get("whitening") else None
     if whitening is not None and whitening.mean.shape[-1] != net.info.channels:
-        raise MirrorError(f"weights file {path}: its whitening takes {whitening.mean.shape[-1]}-d descriptors but "
-                          f"backbone {ckpt['backbone']} gives {net.info.channels}-d; re-fit it with 'mirror_sfm whiten'")
+        raise MirrorError(
+            f"weights file {path}: its whitening takes {whitening.mean.shape[-1]}-d descriptors but "
+            f"backbone {ckpt['backbone']} gives {net.info.channels}-d; re-fit it with 'mirror_sfm whiten'"
+        )
     meta = dict(ckpt.get("meta") or {})
     meta.setdefault("name", path.stem)
     pooling = ckpt.get("pooling") or {"name": meta.get("pooling") or "mac"}
@@ -151,6 +162,8 @@ def _check_state_fits(path: Path, name: str, net: torch.nn.Module, state: dict) 
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
         example = (missing or unexpected or wrong)[0]
-        raise MirrorError(f"weights file {path} does not fit backbone {name} (another architecture?): "
-                          f"{len(missing)} tensors missing, {len(unexpected)} unexpected, {len(wrong)} of another "
-                          f"shape (e.g. {example}); use the weights with the backbone they were trained with")
+        raise MirrorError(
+            f"weights file {path} does not fit backbone {name} (another architecture?): "
+            f"{len(missing)} tensors missing, {len(unexpected)} unexpected, {len(wrong)} of another "
+            f"shape (e.g. {example}); use the weights with the backbone they were trained with"
+        )

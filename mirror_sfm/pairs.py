@@ -6,6 +6,7 @@ verified inliers are written in rank order as `query neighbour` lines (hloc's `p
 convention); ``VerifyOptions.method = "none"`` keeps the CNN order (the fast mode). Sequential neighbours
 in name order can be added for video or drone strips, and (a, b)/(b, a) repeats dropped on request.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,7 +18,7 @@ import numpy as np
 from . import features_io
 from .database_reader import FeatureDatabase
 from .errors import MirrorError
-from .extract import ExtractionOptions, extract
+from .extract import ExtractionOptions, extract, pooling_of
 from .features_io import read_descriptors
 from .images import list_images
 from .io_utils import check_writable
@@ -53,24 +54,34 @@ def sequential_pairs(names: list[str], window: int) -> list[tuple[int, int]]:
     order = np.argsort(names, kind="stable")
     out = []
     for pos, i in enumerate(order):
-        for j in order[pos + 1: pos + 1 + window]:
+        for j in order[pos + 1 : pos + 1 + window]:
             out.append((int(i), int(j)))
     return out
 
 
-def rank_pairs(names: list[str], glob: np.ndarray, regional: np.ndarray | None, options: PairsOptions,
-               model: RetrievalModel | None = None) -> tuple[list[Pair], list[float]]:
+def rank_pairs(
+    names: list[str],
+    glob: np.ndarray,
+    regional: np.ndarray | None,
+    options: PairsOptions,
+    model: RetrievalModel | None = None,
+) -> tuple[list[Pair], list[float]]:
     """CNN pairs and their scores for every image as a query, in rank order per query (+ sequential, symmetric)."""
     pairs, scores = retrieval_pairs(names, glob, regional, options, model)
     return finish_pairs(names, glob, pairs, scores, options)
 
 
-def retrieval_pairs(names: list[str], glob: np.ndarray, regional: np.ndarray | None, options: PairsOptions,
-                    model: RetrievalModel | None = None) -> tuple[list[Pair], list[float]]:
+def retrieval_pairs(
+    names: list[str],
+    glob: np.ndarray,
+    regional: np.ndarray | None,
+    options: PairsOptions,
+    model: RetrievalModel | None = None,
+) -> tuple[list[Pair], list[float]]:
     """Each image's top `options.retrieval.num_matched` neighbours by the CNN (and PR-MAC), in rank order."""
     whitening = choose_whitening(options.retrieval, model.whitening if model else None, regional, glob)
-    nn = retrieve(glob, regional, options.retrieval, whitening=whitening,
-                  rmac_global=options.extraction.pooling == "rmac")
+    pooling = pooling_of(options.extraction, model) if model is not None else options.extraction.pooling
+    nn = retrieve(glob, regional, options.retrieval, whitening=whitening, rmac_global=pooling == "rmac")
     pairs, scores = [], []
     for q in range(len(names)):
         for j, s in zip(nn.indices[q], nn.scores[q]):
@@ -80,8 +91,9 @@ def retrieval_pairs(names: list[str], glob: np.ndarray, regional: np.ndarray | N
     return pairs, scores
 
 
-def finish_pairs(names: list[str], glob: np.ndarray, pairs: list[Pair], scores: list, options: PairsOptions
-                 ) -> tuple[list[Pair], list]:
+def finish_pairs(
+    names: list[str], glob: np.ndarray, pairs: list[Pair], scores: list, options: PairsOptions
+) -> tuple[list[Pair], list]:
     """Add each image's next `sequential` images in name order (after its ranked ones) and, with `symmetric`,
     drop (b, a) when (a, b) is listed. `scores` may hold any per-pair value (sequential pairs get the CNN cosine)."""
     if options.sequential > 0:
@@ -118,8 +130,11 @@ def resolve_num_matched(options: PairsOptions, num_matched: int | None) -> Pairs
     """
     if num_matched is not None and num_matched != options.retrieval.num_matched:
         if options.retrieval.num_matched != RetrievalOptions().num_matched:
-            logger.warning("num_matched=%d given: it replaces options.retrieval.num_matched=%d", num_matched,
-                           options.retrieval.num_matched)
+            logger.warning(
+                "num_matched=%d given: it replaces options.retrieval.num_matched=%d",
+                num_matched,
+                options.retrieval.num_matched,
+            )
         options = replace(options, retrieval=replace(options.retrieval, num_matched=num_matched))
     k = options.retrieval.num_matched
     if k < 1:
@@ -127,30 +142,45 @@ def resolve_num_matched(options: PairsOptions, num_matched: int | None) -> Pairs
     return options
 
 
-def _foreign_descriptors(features: Path, names: list[str], options: PairsOptions
-                         ) -> tuple[np.ndarray, np.ndarray | None, PairsOptions]:
+def _foreign_descriptors(
+    features: Path, names: list[str], options: PairsOptions
+) -> tuple[np.ndarray, np.ndarray | None, PairsOptions]:
     """Descriptors of `names` from a file mirror_sfm did not write (e.g. hloc's global-feats; read, never
     written), and `options` fitted to it: PR-MAC only where it holds regional vectors, no R-MAC rebuild."""
     prmac = options.retrieval.rerank == "prmac"
     glob, regional = features_io.read_foreign_descriptors(features, names, regional=prmac)
-    logger.info("%s was not written by mirror_sfm (e.g. hloc's global-feats): ranking from its %d-d global "
-                "descriptors%s; it is not modified", features, glob.shape[1],
-                " and regional ones (PR-MAC)" if regional is not None else
-                (", without PR-MAC re-ranking (no regional descriptors)" if prmac else ""))
+    logger.info(
+        "%s was not written by mirror_sfm (e.g. hloc's global-feats): ranking from its %d-d global "
+        "descriptors%s; it is not modified",
+        features,
+        glob.shape[1],
+        " and regional ones (PR-MAC)"
+        if regional is not None
+        else (", without PR-MAC re-ranking (no regional descriptors)" if prmac else ""),
+    )
     retrieval = options.retrieval
     if prmac and regional is None:
         retrieval = replace(retrieval, rerank="none")
     if retrieval.whitening == "model":
-        raise MirrorError(f"--whitening model applies the weights' whitening to their own descriptors, not to "
-                          f"those of {features}: use --whitening none or database")
+        raise MirrorError(
+            f"--whitening model applies the weights' whitening to their own descriptors, not to "
+            f"those of {features}: use --whitening none or database"
+        )
     extraction = replace(options.extraction, pooling="mac")  # no R-MAC rebuild of another network's global
     return glob, regional, replace(options, retrieval=retrieval, extraction=extraction)
 
 
-def generate_pairs(image_dir: str | Path, output: str | Path, num_matched: int | None = None,
-                   image_names: list[str] | None = None, features: str | Path | None = None,
-                   options: PairsOptions | None = None, scores_output: str | Path | None = None,
-                   model: RetrievalModel | None = None, database: str | Path | None = None) -> list[Pair]:
+def generate_pairs(
+    image_dir: str | Path,
+    output: str | Path,
+    num_matched: int | None = None,
+    image_names: list[str] | None = None,
+    features: str | Path | None = None,
+    options: PairsOptions | None = None,
+    scores_output: str | Path | None = None,
+    model: RetrievalModel | None = None,
+    database: str | Path | None = None,
+) -> list[Pair]:
     """Describe the images (cached in `features`, default `output` + `-global-feats.h5` beside it), retrieve each
     image's shortlist, verify it with SIFT (unless `options.verify.method == "none"`), write the top K as pairs.
 
@@ -200,15 +230,30 @@ def generate_pairs(image_dir: str | Path, output: str | Path, num_matched: int |
         own_db = database is None
         if own_db:
             database = light_sift_database(image_dir, names, output.with_name(output.stem + "-sift.db"), verify)
-        geometric = verify_pairs(database, candidates, verify,
-                                 work_database=output.with_name(output.stem + "-verify.db"), allow_missing=own_db)
+        geometric = verify_pairs(
+            database,
+            candidates,
+            verify,
+            work_database=output.with_name(output.stem + "-verify.db"),
+            allow_missing=own_db,
+        )
         pairs, cnn, geo = rerank_by_geometry(candidates, cnn, geometric, k)
         pairs, scores = finish_pairs(names, glob, pairs, list(zip(cnn, geo)), options)
-        logger.info("verified %d candidate pairs (shortlist %d): %d of the %d kept pairs pass",
-                    len(geometric), depth, sum(1 for s in scores if s[1]), len(pairs))
+        logger.info(
+            "verified %d candidate pairs (shortlist %d): %d of the %d kept pairs pass",
+            len(geometric),
+            depth,
+            sum(1 for s in scores if s[1]),
+            len(pairs),
+        )
     write_pairs(output, pairs)
     if scores_output:
         write_pairs(scores_output, pairs, scores)
-    logger.info("wrote %d pairs for %d images -> %s%s", len(pairs), len(names), output,
-                f" ({len(skipped)} unreadable images skipped)" if skipped else "")
+    logger.info(
+        "wrote %d pairs for %d images -> %s%s",
+        len(pairs),
+        len(names),
+        output,
+        f" ({len(skipped)} unreadable images skipped)" if skipped else "",
+    )
     return pairs

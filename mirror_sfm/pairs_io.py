@@ -1,4 +1,5 @@
 """Read and write COLMAP/hloc pair files: one `name1 name2` line a pair, queries in rank order."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence

@@ -3,6 +3,7 @@
 Functional forms first, `nn.Module` twins after (the cnnimageretrieval-pytorch layout). All maps are
 (B, C, H, W) non-negative activations; descriptors come out L2-normalised.
 """
+
 from __future__ import annotations
 
 import torch
@@ -116,8 +117,9 @@ POOLINGS = {"mac": MAC, "gem": GeM, "rmac": RMAC}
 GEM_P = 3.0  # GeM's exponent unless a model says otherwise
 
 
-def pool_global(x: torch.Tensor, pooling: str = "mac", p: float = GEM_P,
-                regions: torch.Tensor | None = None) -> torch.Tensor:
+def pool_global(
+    x: torch.Tensor, pooling: str = "mac", p: float = GEM_P, regions: torch.Tensor | None = None
+) -> torch.Tensor:
     """Global L2-normalised descriptor (B, C) of a feature map: MAC, GeM with exponent `p`, or R-MAC (from the
     unnormalised `regions` of `regional_mac` when already computed)."""
     if pooling == "mac":

@@ -4,6 +4,7 @@ The pair set is CNN retrieval, a vocabulary tree, exhaustive or sequential, so t
 number of pairs matched, registered images, points and time. Every step is a `mirror_sfm.colmap` module (or
 `mirror_sfm.pairs` for retrieval); COLMAP's own log goes to OUT/colmap.log (`colmap.logs.colmap_log`).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ STATS_NAME = "stats.json"
 STAGES = ("SIFT", "pairs + matching", "mapping")
 
 
-def retrieval_pairs(image_dir: Path, out_dir: Path, names: list[str], options: ReconstructionOptions,
-                    database: Path | None = None) -> Path:
+def retrieval_pairs(
+    image_dir: Path, out_dir: Path, names: list[str], options: ReconstructionOptions, database: Path | None = None
+) -> Path:
     """Write the CNN retrieval pair file (global features cached beside it) and return its path.
 
     With `database` (the run's SIFT database) each image's shortlist is verified with its first SIFT features
@@ -75,8 +77,9 @@ def run_matching(
     return t_pairs, t_match
 
 
-def reconstruct(image_dir: Path, out_dir: Path, options: ReconstructionOptions | None = None,
-                verbose: bool = False) -> dict:
+def reconstruct(
+    image_dir: Path, out_dir: Path, options: ReconstructionOptions | None = None, verbose: bool = False
+) -> dict:
     """Run SIFT, the chosen pair method, matching and mapping; write and return `out_dir/stats.json`.
 
     Unreadable images are skipped (and listed in the stats); stats.json is written only when
@@ -93,8 +96,10 @@ def reconstruct(image_dir: Path, out_dir: Path, options: ReconstructionOptions |
     logger.info("reconstructing %d image(s) of %s with %s pairs", len(names), image_dir, options.pairs)
 
     # the stage bar shows on a terminal only (disable=None): piped, each nested bar would add a line per refresh
-    with colmap_log(out_dir, verbose), tqdm(total=len(STAGES), desc="reconstruct", unit="stage", leave=False,
-                                            disable=None) as bar:
+    with (
+        colmap_log(out_dir, verbose),
+        tqdm(total=len(STAGES), desc="reconstruct", unit="stage", leave=False, disable=None) as bar,
+    ):
         bar.set_postfix_str(STAGES[0])
         database, t_feat, reused = prepare_database(out_dir, image_dir, names, options)
         names, skipped = drop_failed_extractions(database, image_dir, names, skipped)
@@ -110,8 +115,13 @@ def reconstruct(image_dir: Path, out_dir: Path, options: ReconstructionOptions |
         t_map = time.perf_counter() - t0
         bar.update(1)
     mstats = model_stats(models)
-    logger.info("mapping in %.1f s: %d/%d images registered, %d points",
-                t_map, mstats["registered"], len(found), mstats["sparse_points"])
+    logger.info(
+        "mapping in %.1f s: %d/%d images registered, %d points",
+        t_map,
+        mstats["registered"],
+        len(found),
+        mstats["sparse_points"],
+    )
     if not models:
         logger.warning("mapping produced no model for %s", image_dir)
 

@@ -3,6 +3,7 @@
 Memory stays bounded: queries go to faiss in chunks (no dense N x N matrix). Exact inner-product search
 up to `exact_max` database images; an IVF index above that. faiss-gpu is used when it and a GPU exist.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,7 +57,7 @@ class Neighbors:
     """Per query, database indices in rank order with their scores (self excluded)."""
 
     indices: np.ndarray  # (Q, k) int64, -1 where fewer than k exist
-    scores: np.ndarray   # (Q, k) float32
+    scores: np.ndarray  # (Q, k) float32
 
 
 def faiss_gpu_available() -> bool:
@@ -84,8 +85,9 @@ def build_index(db: np.ndarray, options: RetrievalOptions) -> faiss.Index:
     return index
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int, query_ids: np.ndarray | None,
-           chunk_size: int, desc: str = "search") -> Neighbors:
+def search(
+    index: faiss.Index, queries: np.ndarray, k: int, query_ids: np.ndarray | None, chunk_size: int, desc: str = "search"
+) -> Neighbors:
     """Top-k by inner product per query, excluding the query itself (`query_ids[i]` = its database index)."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     extra = 1 if query_ids is not None else 0
@@ -93,14 +95,14 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, query_ids: np.ndarra
     out_i = np.full((len(q), k), -1, dtype=np.int64)
     out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
     for start in tqdm(range(0, len(q), chunk_size), desc=desc, unit="chunk", disable=len(q) <= chunk_size):
-        scores, idx = index.search(q[start:start + chunk_size], kk)
+        scores, idx = index.search(q[start : start + chunk_size], kk)
         for row in range(len(idx)):
             keep = idx[row] >= 0
             if query_ids is not None:
                 keep &= idx[row] != query_ids[start + row]
             sel_i, sel_s = idx[row][keep][:k], scores[row][keep][:k]
-            out_i[start + row, :len(sel_i)] = sel_i
-            out_s[start + row, :len(sel_s)] = sel_s
+            out_i[start + row, : len(sel_i)] = sel_i
+            out_s[start + row, : len(sel_s)] = sel_s
     return Neighbors(out_i, out_s)
 
 
@@ -114,8 +116,9 @@ def alpha_query_expansion(queries: np.ndarray, db: np.ndarray, nn: Neighbors, n:
     return expanded / (np.linalg.norm(expanded, axis=1, keepdims=True) + 1e-6)
 
 
-def rerank_prmac(q_regions: np.ndarray, db_regions: np.ndarray, nn: Neighbors, query_ids: np.ndarray,
-                 batch: int = 64) -> Neighbors:
+def rerank_prmac(
+    q_regions: np.ndarray, db_regions: np.ndarray, nn: Neighbors, query_ids: np.ndarray, batch: int = 64
+) -> Neighbors:
     """Re-order each query's shortlist by the PR-MAC score of its regions against each candidate's."""
     indices = nn.indices.copy()
     scores = np.full(indices.shape, -np.inf, dtype=np.float32)
@@ -125,16 +128,18 @@ def rerank_prmac(q_regions: np.ndarray, db_regions: np.ndarray, nn: Neighbors, q
         if len(cand) == 0:
             continue
         qr = torch.from_numpy(q_regions[qi]).float()
-        s = np.concatenate([prmac_score(qr, db_t[cand[b:b + batch]].float()).numpy()
-                            for b in range(0, len(cand), batch)])
+        s = np.concatenate(
+            [prmac_score(qr, db_t[cand[b : b + batch]].float()).numpy() for b in range(0, len(cand), batch)]
+        )
         order = np.argsort(-s, kind="stable")
-        indices[qi, :len(cand)] = cand[order]
-        scores[qi, :len(cand)] = s[order]
+        indices[qi, : len(cand)] = cand[order]
+        scores[qi, : len(cand)] = s[order]
     return Neighbors(indices, scores)
 
 
-def choose_whitening(options: RetrievalOptions, model_whitening: Whitening | None,
-                     regional: np.ndarray | None, glob: np.ndarray) -> Whitening | None:
+def choose_whitening(
+    options: RetrievalOptions, model_whitening: Whitening | None, regional: np.ndarray | None, glob: np.ndarray
+) -> Whitening | None:
     """The whitening to apply: none, the model's own, or PCA fitted on this database's regional vectors."""
     if options.whitening == "none":
         return None
@@ -151,9 +156,14 @@ def choose_whitening(options: RetrievalOptions, model_whitening: Whitening | Non
     raise ValueError(f"unknown whitening mode {options.whitening!r}")
 
 
-def retrieve(glob: np.ndarray, regional: np.ndarray | None, options: RetrievalOptions,
-             query_ids: np.ndarray | None = None, whitening: Whitening | None = None,
-             rmac_global: bool = False) -> Neighbors:
+def retrieve(
+    glob: np.ndarray,
+    regional: np.ndarray | None,
+    options: RetrievalOptions,
+    query_ids: np.ndarray | None = None,
+    whitening: Whitening | None = None,
+    rmac_global: bool = False,
+) -> Neighbors:
     """Find `num_matched` neighbours for the queries `query_ids` (default: every image) among all images.
 
     `glob` (N, D) and `regional` (N, R, D) are L2-normalised; `whitening` (if any) is applied to both.
@@ -165,8 +175,11 @@ def retrieve(glob: np.ndarray, regional: np.ndarray | None, options: RetrievalOp
     if whitening is not None:
         if regional is not None:
             regional = whitening.apply(regional)
-        glob = rmac_from_regions(torch.from_numpy(regional)).numpy() if (rmac_global and regional is not None) \
+        glob = (
+            rmac_from_regions(torch.from_numpy(regional)).numpy()
+            if (rmac_global and regional is not None)
             else whitening.apply(glob)
+        )
     glob = np.ascontiguousarray(glob, dtype=np.float32)
     k = min(options.num_matched, n - 1)
     if k <= 0:

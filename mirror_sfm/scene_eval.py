@@ -7,6 +7,7 @@ against all others of its scene; a database image is relevant when the pair's ra
 ``co:0.5`` = combined overlap CO >= 0.5 (MIRorR's strong positives), ``ct:0.2`` = symmetric common-track
 ratio, ``mo:T`` = symmetric mesh overlap. Both AP definitions of `mirror_sfm.evaluate` are reported.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,12 +33,12 @@ CRITERIA = ("co", "ct", "mo")
 
 @dataclass
 class EvaluationOptions:
-    gt: tuple[str, ...] = ("co:0.5", "ct:0.2")   # ground-truth definitions, 'criterion:threshold'
+    gt: tuple[str, ...] = ("co:0.5", "ct:0.2")  # ground-truth definitions, 'criterion:threshold'
     ks: tuple[int, ...] = (10, 20)
-    t_sfm: float = 0.2                             # CO = 1 where the symmetric CT reaches this (MIRorR eq. 4)
+    t_sfm: float = 0.2  # CO = 1 where the symmetric CT reaches this (MIRorR eq. 4)
     extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
     retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
-    features_dir: str | None = None                # keep descriptor files here (default: a temporary folder)
+    features_dir: str | None = None  # keep descriptor files here (default: a temporary folder)
 
 
 def parse_gt(spec: str) -> tuple[str, float]:
@@ -48,18 +49,26 @@ def parse_gt(spec: str) -> tuple[str, float]:
     except ValueError:
         value = float("nan")
     if crit not in CRITERIA or not 0.0 <= value <= 1.0:
-        raise MirrorError(f"ground truth must be 'criterion:threshold' with criterion in {'|'.join(CRITERIA)} "
-                          f"and threshold in [0, 1], got {spec!r}")
+        raise MirrorError(
+            f"ground truth must be 'criterion:threshold' with criterion in {'|'.join(CRITERIA)} "
+            f"and threshold in [0, 1], got {spec!r}"
+        )
     return crit, value
 
 
-def rank_scene(labels: SceneLabels, options: EvaluationOptions, model: RetrievalModel, features: Path
-               ) -> dict[str, list[str]]:
+def rank_scene(
+    labels: SceneLabels, options: EvaluationOptions, model: RetrievalModel, features: Path
+) -> dict[str, list[str]]:
     """Each image's ranked neighbours (names) by the extraction + retrieval code path."""
     present = [nm for nm in labels.names if (labels.image_dir / nm).is_file()]
     if len(present) < len(labels.names):
-        logger.warning("scene %s: %d of %d listed images are missing from %s", labels.name,
-                       len(labels.names) - len(present), len(labels.names), labels.image_dir)
+        logger.warning(
+            "scene %s: %d of %d listed images are missing from %s",
+            labels.name,
+            len(labels.names) - len(present),
+            len(labels.names),
+            labels.image_dir,
+        )
     if len(present) < 2:
         raise MirrorError(f"scene {labels.name}: fewer than two images found in {labels.image_dir}")
     result = extract(labels.image_dir, features, options.extraction, image_names=present, model=model)
@@ -72,8 +81,9 @@ def rank_scene(labels: SceneLabels, options: EvaluationOptions, model: Retrieval
     return {names[q]: [names[j] for j in nn.indices[q] if j >= 0] for q in range(len(names))}
 
 
-def evaluate_scene(scene_dir: str | Path, options: EvaluationOptions | None = None,
-                   model: RetrievalModel | None = None) -> dict:
+def evaluate_scene(
+    scene_dir: str | Path, options: EvaluationOptions | None = None, model: RetrievalModel | None = None
+) -> dict:
     """{"scene", "images", "seconds", "results": {gt spec: {"queries", "mAP@k" (MIRorR AP), "AP@k"}}}."""
     options = options or EvaluationOptions()
     specs = [(s, *parse_gt(s)) for s in options.gt]
@@ -96,8 +106,9 @@ def evaluate_scene(scene_dir: str | Path, options: EvaluationOptions | None = No
     return out
 
 
-def evaluate_scenes(scene_dirs: list[str | Path], options: EvaluationOptions | None = None,
-                    model: RetrievalModel | None = None) -> dict:
+def evaluate_scenes(
+    scene_dirs: list[str | Path], options: EvaluationOptions | None = None, model: RetrievalModel | None = None
+) -> dict:
     """Per-scene results and their mean over scenes (scenes with no query for a GT are left out of it)."""
     options = options or EvaluationOptions()
     if not scene_dirs:
@@ -109,8 +120,11 @@ def evaluate_scenes(scene_dirs: list[str | Path], options: EvaluationOptions | N
     mean: dict = {}
     for spec in options.gt:
         rows = [s["results"][spec] for s in scenes if s["results"][spec]["queries"] > 0]
-        mean[spec] = {key: float(np.mean([r[key] for r in rows])) if rows else float("nan")
-                      for key in (scenes[0]["results"][spec]) if key != "queries"}
+        mean[spec] = {
+            key: float(np.mean([r[key] for r in rows])) if rows else float("nan")
+            for key in (scenes[0]["results"][spec])
+            if key != "queries"
+        }
         mean[spec]["scenes"] = len(rows)
     return {"model": model.name, "scenes": scenes, "mean": mean}
 

@@ -14,6 +14,7 @@ COLMAP skips pairs already in the working database, so a killed run resumes. Mem
 (A batched torch matcher with pycolmap's two-view estimation was measured too: 1.6× slower on 2 cores for the
 same pass/fail decisions, RESULTS.md §11.)
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,10 @@ logger = logging.getLogger(__name__)
 
 VERIFY_METHODS = ("sift", "none")
 DEVICES = {"auto": pycolmap.Device.auto, "cpu": pycolmap.Device.cpu, "cuda": pycolmap.Device.cuda}
-FAILED_CONFIGS = {int(pycolmap.TwoViewGeometryConfiguration.UNDEFINED),
-                  int(pycolmap.TwoViewGeometryConfiguration.DEGENERATE)}
+FAILED_CONFIGS = {
+    int(pycolmap.TwoViewGeometryConfiguration.UNDEFINED),
+    int(pycolmap.TwoViewGeometryConfiguration.DEGENERATE),
+}
 
 
 @dataclass
@@ -99,8 +102,13 @@ def quiet_colmap(verbose: bool = False) -> Iterator[None]:
         pycolmap.logging.minloglevel = previous
 
 
-def verify_pairs(database: str | Path, pairs: Iterable[Pair], options: VerifyOptions | None = None,
-                 work_database: str | Path | None = None, allow_missing: bool = False) -> dict[Pair, int]:
+def verify_pairs(
+    database: str | Path,
+    pairs: Iterable[Pair],
+    options: VerifyOptions | None = None,
+    work_database: str | Path | None = None,
+    allow_missing: bool = False,
+) -> dict[Pair, int]:
     """Geometric score of every pair (keyed by the sorted name pair; each unordered pair is verified once).
 
     `database`: a COLMAP database holding SIFT for every name in `pairs`, only read; an image it lacks is an error,
@@ -124,8 +132,11 @@ def verify_pairs(database: str | Path, pairs: Iterable[Pair], options: VerifyOpt
     scores = {k: 0 for k in keys}
     if not keys:
         return scores
-    work = Path(work_database) if work_database else database.with_name(
-        f"{database.stem}-verify-{options.num_features}.db")
+    work = (
+        Path(work_database)
+        if work_database
+        else database.with_name(f"{database.stem}-verify-{options.num_features}.db")
+    )
     working_database(database, work, options.num_features)
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = options.num_threads
@@ -134,13 +145,17 @@ def verify_pairs(database: str | Path, pairs: Iterable[Pair], options: VerifyOpt
     try:
         with tqdm(total=len(keys), desc="verifying pairs", unit="pair", leave=False) as bar, quiet_colmap():
             for start in range(0, len(keys), block):
-                chunk = keys[start:start + block]
+                chunk = keys[start : start + block]
                 pair_file.write_text("".join(f"{a} {b}\n" for a, b in chunk))
                 pairing = pycolmap.ImportedPairingOptions()
                 pairing.match_list_path = str(pair_file)
-                pycolmap.match_image_pairs(str(work), matching_options=matching, pairing_options=pairing,
-                                           verification_options=two_view_options(options),
-                                           device=DEVICES[options.device])
+                pycolmap.match_image_pairs(
+                    str(work),
+                    matching_options=matching,
+                    pairing_options=pairing,
+                    verification_options=two_view_options(options),
+                    device=DEVICES[options.device],
+                )
                 bar.update(len(chunk))
     except (RuntimeError, ValueError) as exc:
         raise MirrorError(f"COLMAP matching failed on {work}: {exc}") from None
@@ -167,8 +182,9 @@ def geometric_score(geometry, min_num_inliers: int) -> int:
     return inliers
 
 
-def rerank_by_geometry(pairs: list[Pair], cnn_scores: list[float], geometric: dict[Pair, int],
-                       num_matched: int) -> tuple[list[Pair], list[float], list[int]]:
+def rerank_by_geometry(
+    pairs: list[Pair], cnn_scores: list[float], geometric: dict[Pair, int], num_matched: int
+) -> tuple[list[Pair], list[float], list[int]]:
     """Per query (in first-appearance order), its candidates sorted by (geometric score, CNN score), top K kept.
 
     Returns (pairs, CNN scores, geometric scores), each query's pairs in rank order.
@@ -186,8 +202,9 @@ def rerank_by_geometry(pairs: list[Pair], cnn_scores: list[float], geometric: di
     return out_pairs, out_cnn, out_geo
 
 
-def light_sift_database(image_dir: str | Path, names: list[str], database: str | Path,
-                        options: VerifyOptions | None = None) -> Path:
+def light_sift_database(
+    image_dir: str | Path, names: list[str], database: str | Path, options: VerifyOptions | None = None
+) -> Path:
     """Extract light SIFT (≤ `sift_max_num_features`, ≤ `sift_max_image_size` px) for `names` into `database`,
     a cache mirror_sfm owns; images already there are skipped (resume). Returns the database path."""
     from .colmap.database import images_with_features
@@ -200,7 +217,8 @@ def light_sift_database(image_dir: str | Path, names: list[str], database: str |
     missing = [n for n in names if n not in present]
     if missing:
         logger.info("light SIFT for %d image(s) -> %s (%d cached)", len(missing), database, len(present))
-        sift = ReconstructionOptions(max_image_size=options.sift_max_image_size,
-                                     max_num_features=options.sift_max_num_features)
+        sift = ReconstructionOptions(
+            max_image_size=options.sift_max_image_size, max_num_features=options.sift_max_num_features
+        )
         extract_sift(database, Path(image_dir), missing, sift)
     return database

@@ -3,6 +3,7 @@
 COLMAP's default tree is an internet download, which fails offline; a tree trained on a few
 thousand images' SIFT (ideally not the scene being evaluated) is a fair vocab-tree baseline.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,9 +28,7 @@ SIFT_DIM = 128
 EMBEDDING_DIM = 64  # Hamming embedding size COLMAP pairs with 128-d SIFT
 
 
-def read_descriptors(
-    databases: Path | Sequence[Path], max_descriptors: int | None = None, seed: int = 0
-) -> np.ndarray:
+def read_descriptors(databases: Path | Sequence[Path], max_descriptors: int | None = None, seed: int = 0) -> np.ndarray:
     """Return SIFT descriptors (N x 128 uint8) of all images in one or more COLMAP databases.
 
     With `max_descriptors`, a uniform random sample of that many (without replacement) over
@@ -45,8 +44,9 @@ def read_descriptors(
         keep = np.sort(np.random.default_rng(seed).choice(total, size=max_descriptors, replace=False))
     chunks, start = [], 0
     groups = _group_by_database(counts)
-    for database, image_ids in tqdm(groups, desc="reading descriptors", unit="db", leave=False,
-                                    disable=len(groups) < 2):
+    for database, image_ids in tqdm(
+        groups, desc="reading descriptors", unit="db", leave=False, disable=len(groups) < 2
+    ):
         with pycolmap.Database.open(str(database)) as db:
             for image_id, n in image_ids:
                 rows = None if keep is None else _rows_in(keep, start, n)
@@ -115,8 +115,9 @@ def build_vocab_tree(
     if database is not None:
         descriptors = read_descriptors(database, max_descriptors, seed)
     elif image_dir is not None:
-        sift = ReconstructionOptions(max_image_size=max_image_size, max_num_features=max_num_features,
-                                     num_threads=num_threads, device=device)
+        sift = ReconstructionOptions(
+            max_image_size=max_image_size, max_num_features=max_num_features, num_threads=num_threads, device=device
+        )
         descriptors = _descriptors_from_images(Path(image_dir), output.parent, sift, max_descriptors, seed)
     else:
         raise MirrorError("build_vocab_tree needs an image folder or a COLMAP database")

@@ -3,6 +3,7 @@
 x -> P (x - mean), then L2. P projects on the top `dim` principal axes, each scaled by 1/sqrt(eigenvalue)
 when `whiten` (plain PCA otherwise).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,9 @@ class Whitening:
         return cls(np.asarray(d["mean"], dtype=np.float32), np.asarray(d["projection"], dtype=np.float32))
 
 
-def fit_pca_whitening(x: np.ndarray, dim: int = 256, whiten: bool = True, eps: float = 1e-6,
-                      max_samples: int = 200_000, seed: int = 0) -> Whitening:
+def fit_pca_whitening(
+    x: np.ndarray, dim: int = 256, whiten: bool = True, eps: float = 1e-6, max_samples: int = 200_000, seed: int = 0
+) -> Whitening:
     """Fit PCA(-whitening) to rows of `x` (N, D); `dim` is capped at min(N - 1, D).
 
     At most `max_samples` rows (sampled with a fixed seed) are used, so the cost stays bounded.

@@ -7,6 +7,7 @@ in SQL, so the copy costs about N/total of the source's size. Works for COLMAP 3
 migrates the copy, never the source). Written atomically; a sidecar JSON names the source file (size, mtime) and N,
 so a stale copy is rebuilt and a fresh one reused (its matches then resume).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,12 @@ ROW_BYTES = {"keypoints": 4, "descriptors": 1}  # float32 keypoint rows, uint8 d
 
 def _source_key(source: Path, num_features: int) -> dict:
     st = source.stat()
-    return {"source": str(source.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "num_features": num_features}
+    return {
+        "source": str(source.resolve()),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "num_features": num_features,
+    }
 
 
 def working_database(source: str | Path, target: str | Path, num_features: int) -> Path:

@@ -25,6 +25,7 @@ A scene that fails (any error: no images, no model, meshing, ...) gets a row wit
 the next one. ROOT/summary.md and ROOT/summary.json are rewritten after every scene (so a run that is still going
 shows what is done); the table is printed at the end. Exit status 1 if a scene failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,10 +56,11 @@ from mirror_sfm.io_utils import write_text_atomic  # noqa: E402
 logger = logging.getLogger("label_scenes")
 
 STATS_NAME = "label_stats.json"
-ALIGNED_MESHES = {"mold_gold_cape": "mesh/moldCape.obj"}   # provided meshes in their own frame: aligned, not made
+ALIGNED_MESHES = {"mold_gold_cape": "mesh/moldCape.obj"}  # provided meshes in their own frame: aligned, not made
 
 
 # ----------------------------------------------------------------------------- synthetic scene list
+
 
 @dataclasses.dataclass
 class SynthSpec:
@@ -72,7 +74,7 @@ class SynthSpec:
     overlap: float = 0.7
     jitter: float = 0.05
     elevations: tuple[float, ...] = (15.0, 35.0)
-    focal_scale: float = 0.8   # focal = focal_scale x the long side
+    focal_scale: float = 0.8  # focal = focal_scale x the long side
     kind: str = "boxes"
 
     def name(self, k: int) -> str:
@@ -82,19 +84,34 @@ class SynthSpec:
 # aerial: lawnmower grids with 50-70 % neighbour overlap -> strong (neighbours) and weak (diagonals, next-but-one);
 # street: walks along the scene -> overlap falls off with distance; orbit: whole scene in every view (strong only).
 _AERIAL = [  # overlap, jitter, views, boxes, size, focal scale
-    (0.6, 0.2, 30, 5, (480, 360), 0.8), (0.5, 0.2, 30, 7, (640, 480), 0.8), (0.7, 0.1, 36, 3, (320, 240), 0.8),
-    (0.6, 0.3, 36, 6, (480, 360), 0.6), (0.55, 0.25, 25, 4, (640, 480), 1.0), (0.7, 0.2, 40, 7, (480, 360), 0.8),
-    (0.65, 0.15, 30, 2, (320, 240), 0.8), (0.55, 0.3, 32, 5, (640, 480), 0.7), (0.6, 0.1, 28, 6, (400, 300), 0.9),
-    (0.7, 0.3, 36, 4, (480, 360), 0.8), (0.5, 0.15, 36, 3, (640, 360), 0.8), (0.6, 0.25, 30, 7, (320, 240), 1.0),
+    (0.6, 0.2, 30, 5, (480, 360), 0.8),
+    (0.5, 0.2, 30, 7, (640, 480), 0.8),
+    (0.7, 0.1, 36, 3, (320, 240), 0.8),
+    (0.6, 0.3, 36, 6, (480, 360), 0.6),
+    (0.55, 0.25, 25, 4, (640, 480), 1.0),
+    (0.7, 0.2, 40, 7, (480, 360), 0.8),
+    (0.65, 0.15, 30, 2, (320, 240), 0.8),
+    (0.55, 0.3, 32, 5, (640, 480), 0.7),
+    (0.6, 0.1, 28, 6, (400, 300), 0.9),
+    (0.7, 0.3, 36, 4, (480, 360), 0.8),
+    (0.5, 0.15, 36, 3, (640, 360), 0.8),
+    (0.6, 0.25, 30, 7, (320, 240), 1.0),
     (0.65, 0.2, 34, 1, (480, 360), 0.8),
 ]
 _STREET = [  # views, jitter, boxes, size, focal scale
-    (30, 0.1, 5, (480, 360), 0.8), (40, 0.05, 7, (640, 480), 0.8), (32, 0.15, 3, (320, 240), 0.7),
-    (36, 0.1, 6, (480, 360), 0.9), (30, 0.2, 4, (640, 360), 0.8), (40, 0.1, 2, (400, 300), 0.6),
-    (34, 0.05, 5, (320, 240), 1.0), (30, 0.15, 7, (480, 360), 0.8),
+    (30, 0.1, 5, (480, 360), 0.8),
+    (40, 0.05, 7, (640, 480), 0.8),
+    (32, 0.15, 3, (320, 240), 0.7),
+    (36, 0.1, 6, (480, 360), 0.9),
+    (30, 0.2, 4, (640, 360), 0.8),
+    (40, 0.1, 2, (400, 300), 0.6),
+    (34, 0.05, 5, (320, 240), 1.0),
+    (30, 0.15, 7, (480, 360), 0.8),
 ]
 _ORBIT = [  # views, elevations, boxes, size
-    (30, (5.0,), 7, (480, 360)), (24, (5.0, 30.0), 6, (640, 480)), (24, (10.0, 45.0), 4, (320, 240)),
+    (30, (5.0,), 7, (480, 360)),
+    (24, (5.0, 30.0), 6, (640, 480)),
+    (24, (10.0, 45.0), 4, (320, 240)),
 ]
 
 
@@ -105,7 +122,7 @@ def synthetic_specs() -> list[SynthSpec]:
     orbit = [SynthSpec("orbit", 0, b, v, s, elevations=e) for v, e, b, s in _ORBIT]
     specs = []
     for k in range(max(len(aerial), len(street))):
-        specs += aerial[k:k + 1] + street[k:k + 1]
+        specs += aerial[k : k + 1] + street[k : k + 1]
     specs += orbit
     for k, spec in enumerate(specs):
         spec.seed = 100 + k
@@ -113,6 +130,7 @@ def synthetic_specs() -> list[SynthSpec]:
 
 
 # ----------------------------------------------------------------------------- shared steps
+
 
 @dataclasses.dataclass
 class LabelOptions:
@@ -130,8 +148,13 @@ class LabelOptions:
 def overlap_options(options: LabelOptions, real: bool):
     from gtgen.overlap import OverlapOptions
 
-    return OverlapOptions(resolution=options.real_resolution if real else options.resolution, png_size=options.png_size,
-                          engine=options.engine, cache=real, progress=False)   # synthetic: quick, no map cache
+    return OverlapOptions(
+        resolution=options.real_resolution if real else options.resolution,
+        png_size=options.png_size,
+        engine=options.engine,
+        cache=real,
+        progress=False,
+    )  # synthetic: quick, no map cache
 
 
 def clear_masks(out: Path) -> None:
@@ -152,8 +175,12 @@ def label_row(scene: str, kind: str, images: int, result, faces: int, seconds: f
     co_pairs = sp.triu(result.co, k=1).tocsr()
     ct_pairs = sp.triu(symmetric_ratios(result.scene.ct), k=1).tocsr()
     return {
-        "scene": scene, "kind": kind, "images": images, "registered": len(result.scene.registered),
-        "triangles": faces, "pairs_ct_ge_0.2": int((ct_pairs.data >= 0.2).sum()),
+        "scene": scene,
+        "kind": kind,
+        "images": images,
+        "registered": len(result.scene.registered),
+        "triangles": faces,
+        "pairs_ct_ge_0.2": int((ct_pairs.data >= 0.2).sum()),
         "pairs_co_ge_0.5": int((co_pairs.data >= 0.5).sum()),
         "anchors": len(result.anchors),
         "anchors_strong": sum(1 for a in result.anchors if a.strong),
@@ -161,7 +188,8 @@ def label_row(scene: str, kind: str, images: int, result, faces: int, seconds: f
         "anchors_both": sum(1 for a in result.anchors if a.strong and a.weak),
         "strong_pairs": sum(len(a.strong) for a in result.anchors),
         "weak_pairs": sum(len(a.weak) for a in result.anchors),
-        "mask_pairs": result.num_mask_pairs, "time_s": round(seconds, 1),
+        "mask_pairs": result.num_mask_pairs,
+        "time_s": round(seconds, 1),
     }
 
 
@@ -179,38 +207,68 @@ def done_row(scene: str, out: Path) -> dict | None:
         return {**json.loads((out / STATS_NAME).read_text()), "resumed": True}
     manifest = json.loads((out / "triplets.json").read_text())
     anchors = manifest["anchors"]
-    return {"scene": scene, "images": len(manifest["images"]), "anchors": len(anchors),
-            "anchors_strong": sum(1 for a in anchors if a["strong"]),
-            "anchors_weak": sum(1 for a in anchors if a["weak"]),
-            "anchors_both": sum(1 for a in anchors if a["strong"] and a["weak"]), "resumed": True}
+    return {
+        "scene": scene,
+        "images": len(manifest["images"]),
+        "anchors": len(anchors),
+        "anchors_strong": sum(1 for a in anchors if a["strong"]),
+        "anchors_weak": sum(1 for a in anchors if a["weak"]),
+        "anchors_both": sum(1 for a in anchors if a["strong"] and a["weak"]),
+        "resumed": True,
+    }
 
 
 # ----------------------------------------------------------------------------- synthetic scenes
 
-def label_synthetic(name: str, spec: SynthSpec, out: Path, options: LabelOptions,
-                    views: int | None = None, size: tuple[int, int] | None = None) -> dict:
+
+def label_synthetic(
+    name: str,
+    spec: SynthSpec,
+    out: Path,
+    options: LabelOptions,
+    views: int | None = None,
+    size: tuple[int, int] | None = None,
+) -> dict:
     """Render the scene (skipped when synth.json exists), then label it with its true model and mesh."""
     from gtgen.overlap import compute_overlap
     from gtgen.synthetic import SynthOptions, synthesize_procedural
 
     t0 = time.perf_counter()
     width, height = size or spec.size
-    synth = SynthOptions(num_views=views or spec.views, width=width, height=height,
-                         focal=spec.focal_scale * max(width, height), path=spec.path, seed=spec.seed,
-                         elevations=spec.elevations, overlap=spec.overlap, jitter=spec.jitter, progress=False)
+    synth = SynthOptions(
+        num_views=views or spec.views,
+        width=width,
+        height=height,
+        focal=spec.focal_scale * max(width, height),
+        path=spec.path,
+        seed=spec.seed,
+        elevations=spec.elevations,
+        overlap=spec.overlap,
+        jitter=spec.jitter,
+        progress=False,
+    )
     if options.force or not (out / "synth.json").is_file():
-        logger.info("[%s] rendering %d %s views of %d boxes (%dx%d, seed %d)", name, synth.num_views, spec.path,
-                    spec.boxes, width, height, spec.seed)
+        logger.info(
+            "[%s] rendering %d %s views of %d boxes (%dx%d, seed %d)",
+            name,
+            synth.num_views,
+            spec.path,
+            spec.boxes,
+            width,
+            height,
+            spec.seed,
+        )
         synthesize_procedural(spec.kind, out, synth, num_boxes=spec.boxes)
     clear_masks(out)
-    result = compute_overlap(out / "sparse", out / "mesh.ply", out, overlap_options(options, real=False),
-                             images_dir=out / "images")
-    row = label_row(name, "synthetic", synth.num_views, result, count_faces(out / "mesh.ply"),
-                    time.perf_counter() - t0)
+    result = compute_overlap(
+        out / "sparse", out / "mesh.ply", out, overlap_options(options, real=False), images_dir=out / "images"
+    )
+    row = label_row(name, "synthetic", synth.num_views, result, count_faces(out / "mesh.ply"), time.perf_counter() - t0)
     return finish(out, row, path=spec.path, seed=spec.seed, boxes=spec.boxes, size=[width, height])
 
 
 # ----------------------------------------------------------------------------- real scenes
+
 
 def real_scenes(data: Path) -> list[str]:
     """Every scene folder under `data` (not hidden), by name; one without images/ is kept (it fails, reported)."""
@@ -225,10 +283,14 @@ def reconstruction_stats(out: Path) -> dict:
     if not path.is_file():
         return {}
     stats = json.loads(path.read_text())
-    return {"recon_registered": stats.get("registered"),
-            "recon_registered_any_model": stats.get("registered_any_model"),
-            "recon_models": stats.get("num_models"), "recon_verified_pairs": stats.get("verified_pairs"),
-            "recon_points": stats.get("sparse_points"), "recon_time_s": (stats.get("time_s") or {}).get("total")}
+    return {
+        "recon_registered": stats.get("registered"),
+        "recon_registered_any_model": stats.get("registered_any_model"),
+        "recon_models": stats.get("num_models"),
+        "recon_verified_pairs": stats.get("verified_pairs"),
+        "recon_points": stats.get("sparse_points"),
+        "recon_time_s": (stats.get("time_s") or {}).get("total"),
+    }
 
 
 def _is_model(path: Path) -> bool:
@@ -248,17 +310,20 @@ def largest_model_dir(path: Path) -> Path | None:
     return max(candidates, key=lambda d: (sizes[d], -candidates.index(d)))
 
 
-def find_sparse(scene: str, scene_dir: Path, out: Path, given: dict[str, Path], models_from: Path | None,
-                force: bool) -> tuple[Path, str]:
+def find_sparse(
+    scene: str, scene_dir: Path, out: Path, given: dict[str, Path], models_from: Path | None, force: bool
+) -> tuple[Path, str]:
     """(model folder, where it came from): --sparse, the scene's sparse/, the benchmark's model, or a new one."""
     if scene in given:
         model = largest_model_dir(given[scene])
         if model is None:
             raise MirrorError(f"--sparse {scene}={given[scene]}: no COLMAP model there")
         return model, "given"
-    for source, folder in (("scene", scene_dir / "sparse"),
-                           ("benchmark", models_from / scene / "exhaustive" / "sparse" if models_from else None),
-                           ("reconstructed", out / "reconstruction" / "sparse")):
+    for source, folder in (
+        ("scene", scene_dir / "sparse"),
+        ("benchmark", models_from / scene / "exhaustive" / "sparse" if models_from else None),
+        ("reconstructed", out / "reconstruction" / "sparse"),
+    ):
         if folder is not None and folder.is_dir() and not (force and source == "reconstructed"):
             model = largest_model_dir(folder)
             if model is not None:
@@ -266,8 +331,9 @@ def find_sparse(scene: str, scene_dir: Path, out: Path, given: dict[str, Path], 
     from mirror_sfm.colmap import ReconstructionOptions, reconstruct
 
     logger.info("[%s] no sparse model: reconstructing (exhaustive pairs, 2048 SIFT)", scene)
-    stats = reconstruct(scene_dir / "images", out / "reconstruction",
-                        ReconstructionOptions(pairs="exhaustive", max_num_features=2048))
+    stats = reconstruct(
+        scene_dir / "images", out / "reconstruction", ReconstructionOptions(pairs="exhaustive", max_num_features=2048)
+    )
     if not stats.get("model"):
         raise MirrorError(f"{scene}: the reconstruction produced no model")
     return out / "reconstruction" / stats["model"], "reconstructed"
@@ -310,8 +376,9 @@ def make_mesh(scene: str, scene_dir: Path, sparse: Path, mesh_path: Path, force:
     return how
 
 
-def label_real(scene: str, scene_dir: Path, out: Path, options: LabelOptions, given: dict[str, Path],
-               models_from: Path | None) -> dict:
+def label_real(
+    scene: str, scene_dir: Path, out: Path, options: LabelOptions, given: dict[str, Path], models_from: Path | None
+) -> dict:
     from gtgen.overlap import compute_overlap
     from mirror_sfm.images import list_images
 
@@ -332,10 +399,13 @@ def label_real(scene: str, scene_dir: Path, out: Path, options: LabelOptions, gi
 
 # ----------------------------------------------------------------------------- driver
 
+
 def summary_table(rows: list[dict]) -> str:
-    lines = ["| scene | images | registered | triangles | pairs CT≥0.2 | pairs CO≥0.5 | anchors (strong / weak / both) "
-             "| time (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| scene | images | registered | triangles | pairs CT≥0.2 | pairs CO≥0.5 | anchors (strong / weak / both) "
+        "| time (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         g = lambda k, r=r: "–" if r.get(k) is None else r[k]  # noqa: E731
         t = f"{r['time_s']:.1f}" if isinstance(r.get("time_s"), (int, float)) else "–"
@@ -343,9 +413,11 @@ def summary_table(rows: list[dict]) -> str:
             error = " ".join(str(r["error"]).split()).replace("|", "/")
             lines.append(f"| {r['scene']} | {g('images')} | failed: {error} | | | | | {t} |")
             continue
-        lines.append(f"| {r['scene']} | {g('images')} | {g('registered')} | {g('triangles')} | {g('pairs_ct_ge_0.2')} "
-                     f"| {g('pairs_co_ge_0.5')} | {g('anchors')} ({g('anchors_strong')} / {g('anchors_weak')} / "
-                     f"{g('anchors_both')}) | {t} |")
+        lines.append(
+            f"| {r['scene']} | {g('images')} | {g('registered')} | {g('triangles')} | {g('pairs_ct_ge_0.2')} "
+            f"| {g('pairs_co_ge_0.5')} | {g('anchors')} ({g('anchors_strong')} / {g('anchors_weak')} / "
+            f"{g('anchors_both')}) | {t} |"
+        )
     return "\n".join(lines)
 
 
@@ -398,28 +470,65 @@ def _grid_arg(text: str) -> tuple[int, int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", type=Path, default=REPO / "outputs" / "labels",
-                   help="output root (default outputs/labels)")
+    p.add_argument(
+        "--root", type=Path, default=REPO / "outputs" / "labels", help="output root (default outputs/labels)"
+    )
     p.add_argument("--only", choices=["all", "synthetic", "real"], default="all")
-    p.add_argument("--scenes", nargs="+", metavar="NAME",
-                   help="only these scenes, in this order (names as in the summary); an unknown name is a failed row")
+    p.add_argument(
+        "--scenes",
+        nargs="+",
+        metavar="NAME",
+        help="only these scenes, in this order (names as in the summary); an unknown name is a failed row",
+    )
     p.add_argument("--force", action="store_true", help="redo scenes whose triplets.json exists (and their meshes)")
-    p.add_argument("--synthetic", type=int, default=len(synthetic_specs()), metavar="N",
-                   help="number of synthetic scenes (default all %(default)s)")
+    p.add_argument(
+        "--synthetic",
+        type=int,
+        default=len(synthetic_specs()),
+        metavar="N",
+        help="number of synthetic scenes (default all %(default)s)",
+    )
     p.add_argument("--views", type=int, help="override the views per synthetic scene (e.g. tiny test runs)")
     p.add_argument("--size", type=_size_arg, metavar="WxH", help="override the synthetic image size")
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "scenes",
-                   help="real scenes: every folder here, each with images/ (default ../shared/data/scenes)")
-    p.add_argument("--sparse", type=_sparse_arg, action="append", default=[], metavar="SCENE=DIR",
-                   help="use this COLMAP model for a real scene (a model folder, or one of numbered models)")
-    p.add_argument("--models-from", type=Path, default=REPO / "outputs" / "bench_reconstruct",
-                   help="reuse <DIR>/<scene>/exhaustive/sparse models when present (default outputs/bench_reconstruct)")
-    p.add_argument("--resolution", type=int, default=LabelOptions.resolution,
-                   help="ray grid long side, synthetic scenes (default %(default)s)")
-    p.add_argument("--real-resolution", type=int, default=LabelOptions.real_resolution,
-                   help="ray grid long side, real scenes (default %(default)s)")
-    p.add_argument("--png-size", type=_grid_arg, default=LabelOptions.png_size, metavar="N|ROWSxCOLS",
-                   help="per-pair PNG mask grid (default 32)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=REPO.parent / "shared" / "data" / "scenes",
+        help="real scenes: every folder here, each with images/ (default ../shared/data/scenes)",
+    )
+    p.add_argument(
+        "--sparse",
+        type=_sparse_arg,
+        action="append",
+        default=[],
+        metavar="SCENE=DIR",
+        help="use this COLMAP model for a real scene (a model folder, or one of numbered models)",
+    )
+    p.add_argument(
+        "--models-from",
+        type=Path,
+        default=REPO / "outputs" / "bench_reconstruct",
+        help="reuse <DIR>/<scene>/exhaustive/sparse models when present (default outputs/bench_reconstruct)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=LabelOptions.resolution,
+        help="ray grid long side, synthetic scenes (default %(default)s)",
+    )
+    p.add_argument(
+        "--real-resolution",
+        type=int,
+        default=LabelOptions.real_resolution,
+        help="ray grid long side, real scenes (default %(default)s)",
+    )
+    p.add_argument(
+        "--png-size",
+        type=_grid_arg,
+        default=LabelOptions.png_size,
+        metavar="N|ROWSxCOLS",
+        help="per-pair PNG mask grid (default 32)",
+    )
     p.add_argument("--engine", default="auto", choices=["auto", "embree", "numpy", "pyrender"])
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -433,19 +542,31 @@ def main(argv: list[str] | None = None) -> int:
     options = LabelOptions(args.resolution, args.real_resolution, args.png_size, args.engine, args.force)
     given = dict(args.sparse)
 
-    jobs = []   # (scene name, function producing its row)
+    jobs = []  # (scene name, function producing its row)
     if args.only in ("all", "synthetic"):
-        for k, spec in enumerate(synthetic_specs()[:args.synthetic]):
+        for k, spec in enumerate(synthetic_specs()[: args.synthetic]):
             name = spec.name(k)
-            jobs.append((name, lambda name=name, spec=spec: label_synthetic(
-                name, spec, args.root / name, options, args.views, args.size)))
+            jobs.append(
+                (
+                    name,
+                    lambda name=name, spec=spec: label_synthetic(
+                        name, spec, args.root / name, options, args.views, args.size
+                    ),
+                )
+            )
     if args.only in ("all", "real"):
         found = real_scenes(args.data)
         if not found:
             logger.error("no scene folder under %s", args.data)
         for scene in found:
-            jobs.append((scene, lambda scene=scene: label_real(scene, args.data / scene, args.root / scene, options,
-                                                               given, args.models_from)))
+            jobs.append(
+                (
+                    scene,
+                    lambda scene=scene: label_real(
+                        scene, args.data / scene, args.root / scene, options, given, args.models_from
+                    ),
+                )
+            )
     if args.scenes:
         by_name = dict(jobs)
         jobs = [(s, by_name.get(s, lambda s=s: unknown_scene(s, args.data))) for s in dict.fromkeys(args.scenes)]
@@ -455,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, failed = [], 0
     with logging_redirect_tqdm(loggers=[logging.getLogger(n) for n in ("label_scenes", "gtgen", "mirror_sfm")]):
-        for name, run in tqdm(jobs, desc="scenes", unit="scene", disable=None):   # no bar when not a terminal
+        for name, run in tqdm(jobs, desc="scenes", unit="scene", disable=None):  # no bar when not a terminal
             out = args.root / name
             row = None if args.force else done_row(name, out)
             if row is not None:
@@ -471,18 +592,34 @@ def main(argv: list[str] | None = None) -> int:
                 message = str(exc) if expected else f"{type(exc).__name__}: {exc}"
                 logger.error("[%s] failed: %s", name, message, exc_info=not expected)
                 kind = "synthetic" if name.startswith("synth_") else "real"
-                rows.append({"scene": name, "kind": kind, "error": message,
-                             "images": None if kind == "synthetic" else count_images(args.data / name / "images"),
-                             "time_s": round(time.perf_counter() - t0, 1),
-                             **({} if kind == "synthetic" else reconstruction_stats(out))})
+                rows.append(
+                    {
+                        "scene": name,
+                        "kind": kind,
+                        "error": message,
+                        "images": None if kind == "synthetic" else count_images(args.data / name / "images"),
+                        "time_s": round(time.perf_counter() - t0, 1),
+                        **({} if kind == "synthetic" else reconstruction_stats(out)),
+                    }
+                )
                 failed += 1
                 write_summary(args.root, rows)
                 continue
-            logger.info("[%s] %d/%d images registered, %d triangles, %d pairs CT>=0.2, %d pairs CO>=0.5, %d anchors "
-                        "(%d with strong, %d with weak, %d both) in %.1f s", name, row["registered"], row["images"],
-                        row["triangles"], row["pairs_ct_ge_0.2"], row["pairs_co_ge_0.5"], row["anchors"],
-                        row["anchors_strong"], row["anchors_weak"],
-                        row["anchors_both"], row["time_s"])
+            logger.info(
+                "[%s] %d/%d images registered, %d triangles, %d pairs CT>=0.2, %d pairs CO>=0.5, %d anchors "
+                "(%d with strong, %d with weak, %d both) in %.1f s",
+                name,
+                row["registered"],
+                row["images"],
+                row["triangles"],
+                row["pairs_ct_ge_0.2"],
+                row["pairs_co_ge_0.5"],
+                row["anchors"],
+                row["anchors_strong"],
+                row["anchors_weak"],
+                row["anchors_both"],
+                row["time_s"],
+            )
             rows.append(row)
             write_summary(args.root, rows)
     write_summary(args.root, rows)

@@ -17,6 +17,7 @@ def fixture_images() -> Path:
 @pytest.fixture(scope="session")
 def imagenet_model():
     from mirror_sfm.model import load_model
+
     return load_model("imagenet").eval()
 
 

@@ -5,6 +5,7 @@ as JPEGs. Each view's element map (which 5x5-texel surface cell each ray-grid pi
 the gtgen library exactly as a rendered scene would: mesh overlap, combined ratios, positives, masks,
 GL3D files and triplets.json.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,10 +19,10 @@ from gtgen.ratios import combined_ratios, directional_ratios, incidence_from_set
 from gtgen.triplets import TripletOptions, build_manifest, positive_pairs, select_positives, write_manifest
 from gtgen.visibility import mesh_overlap
 
-CELL = 5                 # texels per surface element
-WINDOW = (200, 150)      # view window on the texture, texels (w, h)
-IMAGE = (128, 96)        # saved image size
-GRID = (WINDOW[1] // CELL, WINDOW[0] // CELL)   # element map (rows, cols): one pixel per element
+CELL = 5  # texels per surface element
+WINDOW = (200, 150)  # view window on the texture, texels (w, h)
+IMAGE = (128, 96)  # saved image size
+GRID = (WINDOW[1] // CELL, WINDOW[0] // CELL)  # element map (rows, cols): one pixel per element
 PNG_SIZE = (24, 32)
 
 
@@ -32,7 +33,7 @@ def texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     for _ in range(40):
         x, y = rng.integers(0, width - 20), rng.integers(0, height - 20)
         w, h = rng.integers(6, 30), rng.integers(6, 30)
-        img[y:y + h, x:x + w] = rng.integers(0, 256, 3)
+        img[y : y + h, x : x + w] = rng.integers(0, 256, 3)
     return img
 
 
@@ -50,12 +51,12 @@ def make_scene(out: Path, seed: int, num_views: int = 12, step: int = 30, image_
         x0 = k * step
         y0 = CELL * int(rng.integers(0, 4))
         name = f"{k:03d}.jpg"
-        view = tex[y0:y0 + WINDOW[1], x0:x0 + WINDOW[0]]
+        view = tex[y0 : y0 + WINDOW[1], x0 : x0 + WINDOW[0]]
         Image.fromarray(view).resize(IMAGE, Image.BILINEAR).save(images / name, quality=90)
         rows = (y0 + CELL * np.arange(GRID[0]) + CELL // 2) // CELL
         cols = (x0 + CELL * np.arange(GRID[1]) + CELL // 2) // CELL
         maps.append((rows[:, None] * cols_total + cols[None, :]).astype(np.int32))
-        tracks.append(np.unique(maps[-1])[::3])          # a third of the elements carry a "track"
+        tracks.append(np.unique(maps[-1])[::3])  # a third of the elements carry a "track"
         names.append(name)
     num_elements = cols_total * (height // CELL)
     incidence, mo = mesh_overlap(maps, num_elements)
@@ -70,9 +71,17 @@ def make_scene(out: Path, seed: int, num_views: int = 12, step: int = 30, image_
     for (i, j), (mi, mj) in pair_masks(maps, incidence, positive_pairs(anchors), MaskOptions(PNG_SIZE)).items():
         write_mask_png(out / "masks" / mask_png_name(i, j), mi)
         write_mask_png(out / "masks" / mask_png_name(j, i), mj)
-    manifest = build_manifest(names, anchors, options, lambda i, j: f"masks/{mask_png_name(i, j)}",
-                              image_dir=str(images.resolve()), mask_bin="geolabel/mask.bin", mask_bin_size=32,
-                              png_dir="masks", png_size=PNG_SIZE)
+    manifest = build_manifest(
+        names,
+        anchors,
+        options,
+        lambda i, j: f"masks/{mask_png_name(i, j)}",
+        image_dir=str(images.resolve()),
+        mask_bin="geolabel/mask.bin",
+        mask_bin_size=32,
+        png_dir="masks",
+        png_size=PNG_SIZE,
+    )
     write_manifest(out / "triplets.json", manifest)
     return out
 

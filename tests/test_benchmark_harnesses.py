@@ -1,4 +1,5 @@
 """benchmarks/sfm_comparison.py (1DSfM table) and benchmarks/overlap_map.py (overlap mAP) on tiny inputs (CPU)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -40,8 +41,15 @@ def test_parse_methods():
     assert p("vocabtree").k == 20 and p("vocabtree-sv@30").k == 30 and p("sequential").k == 10
     m = p("retrieval@match-vocabtree-sv")
     assert m.kind == "retrieval" and m.match == "vocabtree-sv" and m.k is None
-    for bad in ("nearest", "retrieval@x", "exhaustive@3", "sequential@match-vocabtree", "retrieval@match-exhaustive",
-                "retrieval@0", "retrieval-verified@match-vocabtree"):
+    for bad in (
+        "nearest",
+        "retrieval@x",
+        "exhaustive@3",
+        "sequential@match-vocabtree",
+        "retrieval@match-exhaustive",
+        "retrieval@0",
+        "retrieval-verified@match-vocabtree",
+    ):
         with pytest.raises(MirrorError):
             p(bad)
 
@@ -71,7 +79,8 @@ def test_1dsfm_layout(tmp_path):
         shutil.copy(src, images / src.name)
     names = sorted(p.name for p in images.iterdir())
     (tmp_path / "scene" / "list.txt").write_text(
-        f"images/{names[2]} 0 1200.5\nimages/{names[0]}\nimages/missing.jpg\n\n")
+        f"images/{names[2]} 0 1200.5\nimages/{names[0]}\nimages/missing.jpg\n\n"
+    )
     image_dir, listed = sfm.dataset_images(tmp_path / "scene")
     assert image_dir == images and listed == [names[2], names[0]]
     (tmp_path / "scene" / "list.txt").unlink()
@@ -83,8 +92,20 @@ def test_1dsfm_layout(tmp_path):
 
 def test_sfm_comparison_end_to_end(tmp_path, caplog):
     out = tmp_path / "out"
-    argv = [str(FIXTURE), "--out", str(out), "--methods", "exhaustive", "retrieval@5",
-            "--max-num-features", "1024", "--max-image-size", "800", "--weights", "imagenet"]
+    argv = [
+        str(FIXTURE),
+        "--out",
+        str(out),
+        "--methods",
+        "exhaustive",
+        "retrieval@5",
+        "--max-num-features",
+        "1024",
+        "--max-image-size",
+        "800",
+        "--weights",
+        "imagenet",
+    ]
     assert sfm.main(argv) == 0
     records = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in records] == ["exhaustive", "retrieval@5"]
@@ -111,8 +132,23 @@ def test_sfm_comparison_end_to_end(tmp_path, caplog):
 
 def test_sfm_comparison_verified_retrieval_with_repeats(tmp_path):
     out = tmp_path / "out"
-    argv = [str(FIXTURE), "--out", str(out), "--methods", "retrieval-verified@3", "--repeats", "2",
-            "--verify-shortlist", "6", "--max-num-features", "1024", "--max-image-size", "800", "--weights", "imagenet"]
+    argv = [
+        str(FIXTURE),
+        "--out",
+        str(out),
+        "--methods",
+        "retrieval-verified@3",
+        "--repeats",
+        "2",
+        "--verify-shortlist",
+        "6",
+        "--max-num-features",
+        "1024",
+        "--max-image-size",
+        "800",
+        "--weights",
+        "imagenet",
+    ]
     assert sfm.main(argv) == 0
     (rec,) = json.loads((out / "results.json").read_text())
     assert rec["verify_shortlist"] == 6 and rec["num_matched"] == 3 and 0 < rec["pairs_to_match"] <= 36
@@ -127,16 +163,33 @@ def test_summarize_sfm_comparison(tmp_path, capsys):
     summ = _load("summarize_sfm_comparison")
 
     def rec(method, pairs, points, total):
-        return {"method": method, "registered": 9, "images": 10, "registered_any_model": 10, "num_models": 2,
-                "pairs_to_match": pairs, "verified_pairs": pairs // 2, "sparse_points": points,
-                "time_s": {"total": total + 0.5}, "method_s": total}
+        return {
+            "method": method,
+            "registered": 9,
+            "images": 10,
+            "registered_any_model": 10,
+            "num_models": 2,
+            "pairs_to_match": pairs,
+            "verified_pairs": pairs // 2,
+            "sparse_points": points,
+            "time_s": {"total": total + 0.5},
+            "method_s": total,
+        }
+
     scene = tmp_path / "scene"
     scene.mkdir()
     old = rec("vocabtree", 20, 900, 30.0)
     del old["registered_any_model"]  # a record from before the field: no models saved -> "–"
-    (scene / "results.json").write_text(json.dumps([rec("exhaustive", 40, 1000, 80.0),
-                                                    rec("retrieval@5", 10, 950, 20.0),
-                                                    old, {"method": "sequential", "error": "boom"}]))
+    (scene / "results.json").write_text(
+        json.dumps(
+            [
+                rec("exhaustive", 40, 1000, 80.0),
+                rec("retrieval@5", 10, 950, 20.0),
+                old,
+                {"method": "sequential", "error": "boom"},
+            ]
+        )
+    )
     assert summ.main([str(scene), str(tmp_path / "missing")]) == 0
     out = capsys.readouterr()
     assert "| scene | retrieval@5 | 9 / 10 | 10 | 2 | 10 | 5 | 950 | 20.0 | 0.25 | 0.95 | 0.25 |" in out.out
@@ -169,6 +222,7 @@ def write_gt(folder: Path) -> Path:
 
     def both(pairs):
         return "".join(f"{i} {j} {r}\n{j} {i} {r}\n" for i, j, r in pairs)
+
     (geo / "common_track.txt").write_text(both([(0, 1, 0.5), (2, 3, 0.1)]))
     (geo / "mesh_overlap.txt").write_text(both([(0, 1, 0.4), (0, 2, 0.6), (0, 3, 0.3), (1, 2, 0.1), (2, 3, 0.7)]))
     return folder
@@ -215,8 +269,25 @@ def test_overlap_map_pooled(tmp_path):
     # s1/a: s2/b (another scene: never positive), s1/b, s1/c -> AP@3 = (1/2 + 2/3) / 2; nothing else ranked
     pairs.write_text(f"s1/{A} s2/{B}\ns1/{A} s1/{B}\ns1/{A} s1/{C}\n")
     out = tmp_path / "out"
-    assert omap.main(["--gt", str(s1), str(s2), "--pooled", "--pairs", str(pairs), "--out", str(out), "--k", "3",
-                      "--grid-queries", "0"]) == 0
+    assert (
+        omap.main(
+            [
+                "--gt",
+                str(s1),
+                str(s2),
+                "--pooled",
+                "--pairs",
+                str(pairs),
+                "--out",
+                str(out),
+                "--k",
+                "3",
+                "--grid-queries",
+                "0",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "overlap_map.json").read_text())
     assert res["pooled"] and res["num_images"] == 8
     assert res["scenes"]["s1"]["map"]["3"]["ap_at_k"] == pytest.approx((1 / 2 + 2 / 3) / 2 / 4)
@@ -239,8 +310,27 @@ def test_overlap_map_errors(tmp_path, capsys):
 def test_overlap_map_runs_retrieval(tmp_path):
     gt = write_gt(tmp_path / "scene")
     out = tmp_path / "out"
-    assert omap.main(["--gt", str(gt), "--method", "retrieval", "--weights", "imagenet", "--images", str(FIXTURE),
-                      "--out", str(out), "--k", "3", "--grid-queries", "1"]) == 0
+    assert (
+        omap.main(
+            [
+                "--gt",
+                str(gt),
+                "--method",
+                "retrieval",
+                "--weights",
+                "imagenet",
+                "--images",
+                str(FIXTURE),
+                "--out",
+                str(out),
+                "--k",
+                "3",
+                "--grid-queries",
+                "1",
+            ]
+        )
+        == 0
+    )
     ranked = omap.rankings_from_pairs(out / "pairs-scene.txt", NAMES)  # the rankings, to score again with --pairs
     assert sorted(ranked) == NAMES and all(len(v) == 3 and q not in v for q, v in ranked.items())
     res = json.loads((out / "overlap_map.json").read_text())
@@ -255,12 +345,32 @@ def test_overlap_map_runs_vocabtree_with_a_tree_per_scene(tmp_path, capsys, mirr
     from mirror_sfm.vocabtree import build_vocab_tree
 
     s1, s2 = write_gt(tmp_path / "s1"), write_gt(tmp_path / "s2")
-    tree = build_vocab_tree(FIXTURE, tmp_path / "trees" / "tree-s1.bin", num_words=64, max_num_features=512,
-                            max_image_size=320)
+    tree = build_vocab_tree(
+        FIXTURE, tmp_path / "trees" / "tree-s1.bin", num_words=64, max_num_features=512, max_image_size=320
+    )
     template = str(tmp_path / "trees" / "tree-{scene}.bin")
-    common = ["--gt", str(s1), str(s2), "--method", "vocabtree", "--vocab-tree", template,
-              "--images", str(FIXTURE), str(FIXTURE), "--k", "3", "--grid-queries", "0",
-              "--max-num-features", "512", "--max-image-size", "320", "--work", str(tmp_path / "work")]
+    common = [
+        "--gt",
+        str(s1),
+        str(s2),
+        "--method",
+        "vocabtree",
+        "--vocab-tree",
+        template,
+        "--images",
+        str(FIXTURE),
+        str(FIXTURE),
+        "--k",
+        "3",
+        "--grid-queries",
+        "0",
+        "--max-num-features",
+        "512",
+        "--max-image-size",
+        "320",
+        "--work",
+        str(tmp_path / "work"),
+    ]
     # a missing tree is named before any SIFT is extracted
     assert omap.main(common + ["--out", str(tmp_path / "o0")]) == 2
     assert "tree-s2.bin (for scene s2" in capsys.readouterr().err and not (tmp_path / "work").exists()
@@ -284,15 +394,39 @@ def test_overlap_map_runs_vocabtree_with_a_tree_per_scene(tmp_path, capsys, mirr
         ranked = omap.rankings_from_pairs(out / f"pairs-{key}.txt", names)
         assert sorted(ranked) == sorted(names) and all(0 < len(v) <= 3 and q not in v for q, v in ranked.items())
     assert sorted(omap_images(tmp_path / "work" / "sift-pooled" / "database.db")) == sorted(
-        f"s{i}/{n}" for i in (1, 2) for n in NAMES)
+        f"s{i}/{n}" for i in (1, 2) for n in NAMES
+    )
 
 
 def test_overlap_map_verified_retrieval(tmp_path):
     """--verify sift: the CNN top N re-ranked by SIFT inliers, per scene and pooled (merged SIFT database)."""
     s1, s2 = write_gt(tmp_path / "s1"), write_gt(tmp_path / "s2")
-    common = ["--gt", str(s1), str(s2), "--method", "retrieval", "--weights", "imagenet", "--verify", "sift",
-              "--verify-shortlist", "2", "--images", str(FIXTURE), str(FIXTURE), "--k", "3", "--grid-queries", "0",
-              "--max-num-features", "512", "--max-image-size", "320", "--work", str(tmp_path / "work")]
+    common = [
+        "--gt",
+        str(s1),
+        str(s2),
+        "--method",
+        "retrieval",
+        "--weights",
+        "imagenet",
+        "--verify",
+        "sift",
+        "--verify-shortlist",
+        "2",
+        "--images",
+        str(FIXTURE),
+        str(FIXTURE),
+        "--k",
+        "3",
+        "--grid-queries",
+        "0",
+        "--max-num-features",
+        "512",
+        "--max-image-size",
+        "320",
+        "--work",
+        str(tmp_path / "work"),
+    ]
     for extra in ([], ["--pooled"]):
         out = tmp_path / ("pooled" if extra else "per-scene")
         assert omap.main(common + extra + ["--out", str(out)]) == 0
@@ -308,15 +442,36 @@ def test_overlap_map_verified_retrieval(tmp_path):
 def test_overlap_suite_folds_and_table(tmp_path):
     suite = _load("overlap_suite")
     a, b = suite.folds(["alexander", "banana", "statue_of_liberty", "statue_of_liberty_40", "skull"])
-    assert {"statue_of_liberty", "statue_of_liberty_40"} <= set(a) or {"statue_of_liberty",
-                                                                       "statue_of_liberty_40"} <= set(b)
+    assert {"statue_of_liberty", "statue_of_liberty_40"} <= set(a) or {
+        "statue_of_liberty",
+        "statue_of_liberty_40",
+    } <= set(b)
     assert not set(a) & set(b) and len(a) + len(b) == 5 and a and b
     root = tmp_path / "labels"
     s1 = write_gt(root / "s1")
     (root / "s1" / "images").symlink_to(FIXTURE)  # --image-root ROOT/<scene>/images
     out = tmp_path / "suite"
-    assert suite.main([str(s1), "--image-root", str(root), "--out", str(out), "--methods", "cnn", "verified@2",
-                       "--weights", "imagenet", "--max-num-features", "512", "--max-image-size", "320"]) == 0
+    assert (
+        suite.main(
+            [
+                str(s1),
+                "--image-root",
+                str(root),
+                "--out",
+                str(out),
+                "--methods",
+                "cnn",
+                "verified@2",
+                "--weights",
+                "imagenet",
+                "--max-num-features",
+                "512",
+                "--max-image-size",
+                "320",
+            ]
+        )
+        == 0
+    )
     text = (out / "suite.md").read_text()
     assert "| s1 | 4 |" in text and "CO ≥ 0.5" in text and "CT ≥ 0.2" in text
     ct = json.loads((out / "verified@2" / "ct" / "overlap_map.json").read_text())
@@ -327,11 +482,23 @@ def test_sfm_comparison_features_from_another_run(tmp_path, capsys):
     from mirror_sfm.colmap import ReconstructionOptions, reconstruct
 
     first = tmp_path / "first"
-    stats = reconstruct(FIXTURE, first, ReconstructionOptions(pairs="sequential", sequential_overlap=2,
-                                                              max_num_features=1024, max_image_size=800))
+    stats = reconstruct(
+        FIXTURE,
+        first,
+        ReconstructionOptions(pairs="sequential", sequential_overlap=2, max_num_features=1024, max_image_size=800),
+    )
     out = tmp_path / "out"
-    base = [str(FIXTURE), "--methods", "retrieval@3", "--weights", "imagenet",
-            "--max-image-size", "800", "--features-from", str(first / "database.db")]
+    base = [
+        str(FIXTURE),
+        "--methods",
+        "retrieval@3",
+        "--weights",
+        "imagenet",
+        "--max-image-size",
+        "800",
+        "--features-from",
+        str(first / "database.db"),
+    ]
     assert sfm.main(base + ["--out", str(tmp_path / "bad"), "--max-num-features", "2048"]) == 0
     (bad,) = json.loads((tmp_path / "bad" / "results.json").read_text())
     assert "other SIFT settings" in bad["error"]  # refused, nothing extracted

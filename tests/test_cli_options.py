@@ -35,8 +35,17 @@ def run_pairs(tmp_path, *flags):
     return cli.main(["pairs", str(tmp_path), "-o", str(tmp_path / "p.txt"), *flags])
 
 
-@pytest.mark.parametrize("flags, k", [((), 3), (("-k5",), 5), (("-k", "5"), 5), (("--num-match", "5"), 5),
-                                      (("--num-matched=5",), 5), (("-k5", "--num-matched", "6"), 6)])
+@pytest.mark.parametrize(
+    "flags, k",
+    [
+        ((), 3),
+        (("-k5",), 5),
+        (("-k", "5"), 5),
+        (("--num-match", "5"), 5),
+        (("--num-matched=5",), 5),
+        (("-k5", "--num-matched", "6"), 6),
+    ],
+)
 def test_config_gives_defaults_and_any_spelling_of_a_flag_wins(tmp_path, fake_pairs, flags, k):
     conf = tmp_path / "c.yaml"
     conf.write_text("num-matched: 3\nverify: none\nsymmetric: true\nprmac_shortlist: 7\nresize: '256'\n")
@@ -56,11 +65,16 @@ def test_without_config_the_dataclass_defaults_apply(tmp_path, fake_pairs):
     assert fake_pairs[-1]["features"] is None and fake_pairs[-1]["database"] is None
 
 
-@pytest.mark.parametrize("text, expected", [("nonsense: 1\n", "unknown option 'nonsense'"),
-                                            ("pooling: max\n", "'pooling' must be one of mac, gem, rmac"),
-                                            ("resize: big\n", "bad value for 'resize'"),
-                                            ("- 1\n", "expected 'option: value' lines"),
-                                            ("config: x.yaml\n", "unknown option 'config'")])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("nonsense: 1\n", "unknown option 'nonsense'"),
+        ("pooling: max\n", "'pooling' must be one of mac, gem, rmac"),
+        ("resize: big\n", "bad value for 'resize'"),
+        ("- 1\n", "expected 'option: value' lines"),
+        ("config: x.yaml\n", "unknown option 'config'"),
+    ],
+)
 def test_bad_config_is_one_line_naming_the_file(tmp_path, fake_pairs, capsys, text, expected):
     conf = tmp_path / "bad.yaml"
     conf.write_text(text)
@@ -74,6 +88,7 @@ def test_bad_config_is_one_line_naming_the_file(tmp_path, fake_pairs, capsys, te
 
 def test_shipped_pairs_config_holds_the_defaults(tmp_path, fake_pairs):
     from pathlib import Path
+
     conf = Path(__file__).parents[1] / "configs" / "pairs.yaml"
     assert run_pairs(tmp_path, "--config", str(conf)) == 0
     assert fake_pairs[-1]["options"] == PairsOptions()
@@ -156,22 +171,85 @@ def test_every_subcommand_help_has_description_example_and_defaults(build):
 
 def test_existing_flag_names_still_parse():
     parser = cli.build_parser()
-    args = parser.parse_args(["pairs", "imgs", "-o", "p.txt", "-k", "3", "--verify", "none", "--shortlist", "9",
-                              "--verify-features", "100", "--database", "d.db", "--prmac-shortlist", "50",
-                              "--scores", "s.txt", "--features", "f.h5", "--weights", "imagenet", "--resize", "256",
-                              "--pooling", "gem", "--rerank", "none", "--query-expansion", "2", "--whitening",
-                              "database", "--exact-max", "10", "--sequential", "2", "--symmetric",
-                              "--batch-size", "2", "--device", "cpu", "--num-workers", "0"])
+    args = parser.parse_args(
+        [
+            "pairs",
+            "imgs",
+            "-o",
+            "p.txt",
+            "-k",
+            "3",
+            "--verify",
+            "none",
+            "--shortlist",
+            "9",
+            "--verify-features",
+            "100",
+            "--database",
+            "d.db",
+            "--prmac-shortlist",
+            "50",
+            "--scores",
+            "s.txt",
+            "--features",
+            "f.h5",
+            "--weights",
+            "imagenet",
+            "--resize",
+            "256",
+            "--pooling",
+            "gem",
+            "--rerank",
+            "none",
+            "--query-expansion",
+            "2",
+            "--whitening",
+            "database",
+            "--exact-max",
+            "10",
+            "--sequential",
+            "2",
+            "--symmetric",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--num-workers",
+            "0",
+        ]
+    )
     options = cli._pairs_options(args)
-    assert options.retrieval == RetrievalOptions(num_matched=3, rerank="none", shortlist=50, query_expansion=2,
-                                                 whitening="database", exact_max=10)
+    assert options.retrieval == RetrievalOptions(
+        num_matched=3, rerank="none", shortlist=50, query_expansion=2, whitening="database", exact_max=10
+    )
     assert options.verify == VerifyOptions(method="none", shortlist=9, num_features=100)
-    assert options.extraction == ExtractionOptions(resize=256, pooling="gem", weights="imagenet", batch_size=2,
-                                                   device="cpu", num_workers=0)
+    assert options.extraction == ExtractionOptions(
+        resize=256, pooling="gem", weights="imagenet", batch_size=2, device="cpu", num_workers=0
+    )
     assert (options.sequential, options.symmetric) == (2, True)
-    args = parser.parse_args(["reconstruct", "imgs", "out", "--pairs", "vocabtree", "--vocab-tree", "t.bin",
-                              "--num-matched", "7", "--mapper", "global", "--sequential-overlap", "3",
-                              "--camera-mode", "single", "--max-image-size", "800", "--max-num-features", "100"])
+    args = parser.parse_args(
+        [
+            "reconstruct",
+            "imgs",
+            "out",
+            "--pairs",
+            "vocabtree",
+            "--vocab-tree",
+            "t.bin",
+            "--num-matched",
+            "7",
+            "--mapper",
+            "global",
+            "--sequential-overlap",
+            "3",
+            "--camera-mode",
+            "single",
+            "--max-image-size",
+            "800",
+            "--max-num-features",
+            "100",
+        ]
+    )
     assert (args.pairs, str(args.vocab_tree), args.num_matched, args.mapper) == ("vocabtree", "t.bin", 7, "global")
     args = parser.parse_args(["train", "--config", "t.yaml", "--out", "run", "--steps", "2"])
     assert (args.train_config.name, args.out) == ("t.yaml", "run")
@@ -188,11 +266,14 @@ def test_every_option_dataclass_field_is_documented():
         assert set(docs) == set(cls.__dataclass_fields__), cls
 
 
-@pytest.mark.parametrize("command, argv", [
-    ("mesh", ["mesh", "--sparse", "S", "-o", "M.ply"]),
-    ("synth", ["synth", "--procedural", "boxes", "-o", "OUT"]),
-    ("overlap", ["overlap", "--sparse", "S", "--mesh", "M.ply", "-o", "OUT"]),
-])
+@pytest.mark.parametrize(
+    "command, argv",
+    [
+        ("mesh", ["mesh", "--sparse", "S", "-o", "M.ply"]),
+        ("synth", ["synth", "--procedural", "boxes", "-o", "OUT"]),
+        ("overlap", ["overlap", "--sparse", "S", "--mesh", "M.ply", "-o", "OUT"]),
+    ],
+)
 def test_gtgen_without_its_extra_is_one_line(monkeypatch, capsys, command, argv):
     monkeypatch.setitem(sys.modules, "trimesh", None)  # import trimesh -> ImportError, as when not installed
     assert gtgen_cli.main(argv) == 2

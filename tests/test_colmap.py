@@ -1,4 +1,5 @@
 """COLMAP glue on the 12-image mary_rose fixture: pair methods, vocab tree, bad inputs (CPU, ~1 min)."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,21 @@ from mirror_sfm.vocabtree import build_vocab_tree, read_descriptors
 FIXTURE = Path(__file__).parent / "fixtures" / "mary_rose" / "images"
 NUM_IMAGES = 12
 STATS_KEYS = {
-    "method", "images", "images_skipped", "registered", "registered_any_model", "pairs_to_match", "verified_pairs",
-    "num_models", "sparse_points", "observations", "mean_track_length", "mean_reprojection_error", "time_s",
-    "pycolmap_version", "device",
+    "method",
+    "images",
+    "images_skipped",
+    "registered",
+    "registered_any_model",
+    "pairs_to_match",
+    "verified_pairs",
+    "num_models",
+    "sparse_points",
+    "observations",
+    "mean_track_length",
+    "mean_reprojection_error",
+    "time_s",
+    "pycolmap_version",
+    "device",
 }
 TIME_KEYS = {"features", "pairs", "matching", "mapping", "total"}
 

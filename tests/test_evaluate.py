@@ -42,7 +42,7 @@ def test_ties_keep_input_order():
     assert rank_by_score(["a", "b", "x", "y"], [0.9, 0.5, 0.5, 0.1]) == ["a", "b", "x", "y"]
     # so a tie between a relevant and an irrelevant item is decided by the input order:
     gt = {"a", "b"}
-    first = rank_by_score(["a", "x", "b"], [1.0, 0.5, 0.5])   # a, x, b: rel at ranks 1 and 3
+    first = rank_by_score(["a", "x", "b"], [1.0, 0.5, 0.5])  # a, x, b: rel at ranks 1 and 3
     second = rank_by_score(["a", "b", "x"], [1.0, 0.5, 0.5])  # a, b, x: rel at ranks 1 and 2
     assert ap_at_k(first, gt, 3) == pytest.approx((1 + 2 / 3) / 2)
     assert ap_at_k(second, gt, 3) == pytest.approx(1.0)

@@ -1,4 +1,5 @@
 """Extraction cache behaviour, weights loading and every bad-input case of `mirror_sfm pairs`."""
+
 import os
 import shutil
 
@@ -54,8 +55,9 @@ def test_unreadable_images_are_skipped_once_and_counted(few_images, tmp_path, ca
     (few_images / "empty.jpg").write_bytes(b"")
     (few_images / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     out = tmp_path / "pairs.txt"
-    assert main(["pairs", str(few_images), "-o", str(out), "-k", "2", "--weights", "imagenet",
-                 "--num-workers", "0"]) == 0
+    assert (
+        main(["pairs", str(few_images), "-o", str(out), "-k", "2", "--weights", "imagenet", "--num-workers", "0"]) == 0
+    )
     err = capfd.readouterr().err
     assert err.count("empty.jpg") == 1 and err.count("broken.jpg") == 1, err
     assert "2 unreadable images skipped" in err

@@ -1,5 +1,6 @@
 """`gtgen align`: a mesh moved by a known similarity is brought back exactly onto sparse points sampled from it;
 poor fits and bad inputs are refused with one clear line."""
+
 import json
 
 import numpy as np
@@ -7,11 +8,11 @@ import pycolmap
 import pytest
 import trimesh
 from scipy.spatial.transform import Rotation
+from test_gtgen_scenes import make_reconstruction
 
 from gtgen import align, synthetic
 from gtgen.cli import main
 from mirror_sfm.errors import MirrorError
-from test_gtgen_scenes import make_reconstruction
 
 SCALE, ROTATION, TRANSLATION = 3.7, Rotation.random(random_state=3).as_matrix(), np.array([5.0, -2.0, 10.0])
 FAST = dict(num_samples=50_000, progress=False)
@@ -24,8 +25,9 @@ def _scene(mesh, num_points=800, seed=5):
     poses = synthetic.camera_path(np.asarray(mesh.bounds), synthetic.SynthOptions(num_views=8, jitter=0.0), rng)
     poses = [(Rc @ ROTATION.T, SCALE * tc - Rc @ ROTATION.T @ TRANSLATION) for Rc, tc in poses]
     points, _ = trimesh.sample.sample_surface(mesh, num_points, seed=seed)
-    rec = make_reconstruction([("PINHOLE", [512.0, 512.0, 320.0, 240.0], 640, 480)] * len(poses), poses,
-                              num_keypoints=num_points)
+    rec = make_reconstruction(
+        [("PINHOLE", [512.0, 512.0, 320.0, 240.0], 640, 480)] * len(poses), poses, num_keypoints=num_points
+    )
     for k, p in enumerate(points):
         track = pycolmap.Track()
         for image_id in (1, 2, 3):
@@ -45,7 +47,11 @@ def test_umeyama_recovers_a_similarity():
     src = rng.standard_normal((50, 3))
     dst = SCALE * src @ ROTATION.T + TRANSLATION
     sim = align.umeyama(src, dst)
-    assert sim.scale == pytest.approx(SCALE) and np.allclose(sim.rotation, ROTATION) and np.allclose(sim.translation, TRANSLATION)
+    assert (
+        sim.scale == pytest.approx(SCALE)
+        and np.allclose(sim.rotation, ROTATION)
+        and np.allclose(sim.translation, TRANSLATION)
+    )
     assert np.allclose(sim.inverse_apply(sim.apply(src)), src)
 
 
@@ -68,9 +74,9 @@ def test_noisy_partial_points_and_outliers(boxes_mesh):
     for pid in list(rec.points3D):
         p = rec.point3D(pid)
         local = (p.xyz - TRANSLATION) @ ROTATION / SCALE
-        if local[0] < -4:                               # a strip of the scene was never reconstructed
+        if local[0] < -4:  # a strip of the scene was never reconstructed
             rec.delete_point3D(pid)
-        elif rng.random() < 0.2:                        # background clutter, far from the mesh
+        elif rng.random() < 0.2:  # background clutter, far from the mesh
             p.xyz = p.xyz + rng.uniform(-1, 1, 3) * SCALE * 6
         else:
             p.xyz = p.xyz + rng.normal(0, 0.01 * SCALE, 3)
@@ -88,8 +94,24 @@ def test_cli_writes_mesh_and_transform(boxes_mesh, tmp_path, capsys):
     src = tmp_path / "own_frame.ply"
     boxes_mesh.export(src)
     out, t_json = tmp_path / "aligned.ply", tmp_path / "T.json"
-    assert main(["align", "--mesh", str(src), "--sparse", str(sparse), "--out", str(out), "--transform-out", str(t_json),
-                 "--samples", "50000"]) == 0
+    assert (
+        main(
+            [
+                "align",
+                "--mesh",
+                str(src),
+                "--sparse",
+                str(sparse),
+                "--out",
+                str(out),
+                "--transform-out",
+                str(t_json),
+                "--samples",
+                "50000",
+            ]
+        )
+        == 0
+    )
     assert "scale 3.7" in capsys.readouterr().out
     info = json.loads(t_json.read_text())
     assert info["similarity"]["scale"] == pytest.approx(SCALE) and "x_reconstruction" in info["convention"]
@@ -125,7 +147,10 @@ def test_errors(boxes_mesh, tmp_path, capsys):
     boxes_mesh.export(src)
     assert main(["align", "--mesh", str(src), "--sparse", str(empty), "--out", str(tmp_path / "o.ply")]) == 2
     assert "no registered images" in capsys.readouterr().err
-    assert main(["align", "--mesh", str(tmp_path / "none.obj"), "--sparse", str(empty), "--out", str(tmp_path / "o.ply")]) == 2
+    assert (
+        main(["align", "--mesh", str(tmp_path / "none.obj"), "--sparse", str(empty), "--out", str(tmp_path / "o.ply")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "none.obj" in err and "not found" in err
     no_points = make_reconstruction([("PINHOLE", [100.0, 100.0, 50.0, 50.0], 100, 100)], [(np.eye(3), np.zeros(3))])

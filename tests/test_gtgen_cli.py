@@ -1,4 +1,5 @@
 """`gtgen overlap` / `gtgen triplets` end to end on a generated scene, and one-line errors that name the file."""
+
 import json
 import subprocess
 import sys
@@ -7,11 +8,11 @@ import numpy as np
 import pycolmap
 import pytest
 import trimesh
+from test_gtgen_scenes import add_tracks, footprint, plane_mesh, plane_scene, rect_overlap
 
 from gtgen import gl3d
 from gtgen.cli import main
 from gtgen.masks import read_mask_png
-from test_gtgen_scenes import add_tracks, footprint, plane_mesh, plane_scene, rect_overlap
 
 # A-B overlap 0.7 (strong), A-C 0.12 (weak), B-C 0.42 (neither), D sees no common surface but shares
 # all its tracks with B (CT -> CO = 1, strong). Names are not in id order: output order is by name.
@@ -24,8 +25,8 @@ def scene(tmp_path_factory):
     root = tmp_path_factory.mktemp("scene")
     rec = plane_scene([CENTRES[n] for n in ID_ORDER], names=ID_ORDER, num_keypoints=10)
     ids = {n: k + 1 for k, n in enumerate(ID_ORDER)}
-    add_tracks(rec, [ids["b.jpg"], ids["d.jpg"]], 0, 5)     # B and D share 5 tracks
-    add_tracks(rec, [ids["b.jpg"], ids["a.jpg"]], 5, 1)     # A and B share 1 of B's 6 (A's only one)
+    add_tracks(rec, [ids["b.jpg"], ids["d.jpg"]], 0, 5)  # B and D share 5 tracks
+    add_tracks(rec, [ids["b.jpg"], ids["a.jpg"]], 5, 1)  # A and B share 1 of B's 6 (A's only one)
     sparse = root / "sparse"
     sparse.mkdir()
     rec.write(sparse)
@@ -50,7 +51,7 @@ def test_overlap_writes_every_file(run):
         assert (out / "geolabel" / f).is_file(), f
     cams = gl3d.read_cameras(out / "geolabel" / "cameras.txt")
     assert [c.idx for c in cams] == [0, 1, 2, 3]
-    for c, n in zip(cams, names):   # camera centre -R^T t is where we put image n
+    for c, n in zip(cams, names):  # camera centre -R^T t is where we put image n
         assert np.allclose(-c.R.T @ c.t, CENTRES[n]) and (c.fx, c.width) == (100.0, 200)
     assert (out / "triplets.json").is_file() and any((out / "cache" / "triangles").glob("*.npz"))
 
@@ -84,7 +85,7 @@ def test_manifest_lists_positives_with_masks(run):
     assert png.shape == (6, 8) and png[:, -1].all() and not png[:, 0].any()
     assert read_mask_png(run / entry["mask_other"])[:, 0].all()
     assert m["masks"]["bin"] == "geolabel/mask.bin" and m["masks"]["png_size"] == [6, 8]
-    assert len(list((run / "masks").glob("*.png"))) == 2 * 3        # pairs a-b, a-c, b-d, both directions
+    assert len(list((run / "masks").glob("*.png"))) == 2 * 3  # pairs a-b, a-c, b-d, both directions
 
 
 def test_rerun_resumes_from_cache_with_identical_outputs(scene, run, tmp_path):
@@ -116,7 +117,7 @@ def test_triplets_subcommand_retunes_thresholds(run, tmp_path, capsys):
     assert main(["triplets", str(run), "-o", str(out), "--strong", "0.4", "1"]) == 0
     m = json.loads(out.read_text())
     by = {x["name"]: x for x in m["anchors"]}
-    assert 2 in [e["j"] for e in by["b.jpg"]["strong"]]              # B-C (0.42) is now strong
+    assert 2 in [e["j"] for e in by["b.jpg"]["strong"]]  # B-C (0.42) is now strong
     e = by["a.jpg"]["strong"][0]
     assert (out.parent / e["mask"]).resolve() == (run / "masks" / "000000_000001.png").resolve()
     assert m["masks"]["bin"] is not None and (out.parent / m["masks"]["bin"]).is_file()
@@ -131,9 +132,13 @@ def _error(capsys, argv) -> str:
 
 def test_missing_inputs_name_the_file(scene, tmp_path, capsys):
     root, sparse, mesh = scene
-    msg = _error(capsys, ["overlap", "--sparse", str(sparse), "--mesh", str(tmp_path / "none.ply"), "--out", str(tmp_path / "o")])
+    msg = _error(
+        capsys, ["overlap", "--sparse", str(sparse), "--mesh", str(tmp_path / "none.ply"), "--out", str(tmp_path / "o")]
+    )
     assert "none.ply" in msg and "not found" in msg
-    msg = _error(capsys, ["overlap", "--sparse", str(tmp_path / "nosparse"), "--mesh", str(mesh), "--out", str(tmp_path / "o")])
+    msg = _error(
+        capsys, ["overlap", "--sparse", str(tmp_path / "nosparse"), "--mesh", str(mesh), "--out", str(tmp_path / "o")]
+    )
     assert "nosparse" in msg
     nested = tmp_path / "nested"
     (nested / "0").mkdir(parents=True)
@@ -164,7 +169,9 @@ def test_empty_reconstruction_and_unseen_mesh(scene, tmp_path, capsys):
 
 
 def test_module_entry_point_help():
-    res = subprocess.run([sys.executable, "-m", "gtgen", "overlap", "--help"], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "gtgen", "overlap", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0 and "--sparse" in res.stdout and "--mask-size" in res.stdout
 
 
@@ -179,7 +186,7 @@ def test_mesh_seen_by_few_cameras_is_refused(scene, tmp_path, capsys):
     msg = _error(capsys, args)
     assert f"mesh {patch} is seen by 1 of 4 cameras (25%)" in msg and "--min-visible-fraction 0 to accept" in msg
     assert not (out / "geolabel").exists()
-    assert main(args + ["--min-visible-fraction", "0"]) == 0   # accepted on request
+    assert main(args + ["--min-visible-fraction", "0"]) == 0  # accepted on request
     assert (out / "geolabel" / "mesh_overlap.txt").is_file()
     assert main(args + ["--min-visible-fraction", "0.2"]) == 0
 

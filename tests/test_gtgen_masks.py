@@ -1,19 +1,28 @@
 """Overlap masks on the plane scene match the analytic overlap rectangle; pooling and positives by hand."""
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from test_gtgen_scenes import footprint, plane_mesh, plane_scene
 
-from gtgen.masks import (MaskOptions, anchor_masks, overlapping_pairs, pair_masks, pixel_overlap, pool_mask,
-                         read_mask_png, write_mask_png)
+from gtgen.masks import (
+    MaskOptions,
+    anchor_masks,
+    overlapping_pairs,
+    pair_masks,
+    pixel_overlap,
+    pool_mask,
+    read_mask_png,
+    write_mask_png,
+)
 from gtgen.ratios import incidence_from_sets
 from gtgen.triplets import TripletOptions, build_manifest, positive_pairs, select_positives
 from gtgen.visibility import VisibilityOptions, mesh_overlap, triangle_maps
-from test_gtgen_scenes import footprint, plane_mesh, plane_scene
 
 
 def _on_columns(mask: np.ndarray) -> np.ndarray:
     cols = np.flatnonzero(mask.any(axis=0))
-    assert mask[:, cols].all()              # whole columns: the overlap spans the image height
+    assert mask[:, cols].all()  # whole columns: the overlap spans the image height
     return cols
 
 
@@ -22,14 +31,14 @@ def test_pair_masks_match_the_overlap_rectangle():
     mesh = plane_mesh()
     maps = triangle_maps(plane_scene(centres), [1, 2], mesh, VisibilityOptions(progress=False))
     incidence, mo = mesh_overlap(maps, len(mesh.faces))
-    (mask_a, mask_b), = pair_masks(maps, incidence, [(0, 1)], MaskOptions((32, 32))).values()
+    ((mask_a, mask_b),) = pair_masks(maps, incidence, [(0, 1)], MaskOptions((32, 32))).values()
     fa, fb = footprint(centres[0]), footprint(centres[1])
     # over A, the overlap is x >= fb.x0: columns from 32 * (fb.x0 - fa.x0) / 10 on (a cell on when any pixel is)
-    start = 32 * (fb[0] - fa[0]) / (fa[1] - fa[0])             # 12.48
+    start = 32 * (fb[0] - fa[0]) / (fa[1] - fa[0])  # 12.48
     cols_a = _on_columns(mask_a)
     assert cols_a[-1] == 31 and abs(cols_a[0] - np.floor(start)) <= 1
     # over B, the overlap is x <= fa.x1: columns up to 32 * (fa.x1 - fb.x0) / 10
-    end = 32 * (fa[1] - fb[0]) / (fb[1] - fb[0])               # 19.52
+    end = 32 * (fa[1] - fb[0]) / (fb[1] - fb[0])  # 19.52
     cols_b = _on_columns(mask_b)
     assert cols_b[0] == 0 and abs(cols_b[-1] - np.floor(end)) <= 1
     # contiguous
@@ -37,7 +46,7 @@ def test_pair_masks_match_the_overlap_rectangle():
 
 
 def test_training_grid_and_min_fraction():
-    centres = [(0.0, 0.0, 5.0), (0.0, 2.5, 5.0)]   # B shifted along +y: image rows of A from the top overlap
+    centres = [(0.0, 0.0, 5.0), (0.0, 2.5, 5.0)]  # B shifted along +y: image rows of A from the top overlap
     mesh = plane_mesh()
     maps = triangle_maps(plane_scene(centres), [1, 2], mesh, VisibilityOptions(progress=False))
     incidence, _ = mesh_overlap(maps, len(mesh.faces))
@@ -46,7 +55,7 @@ def test_training_grid_and_min_fraction():
     # world +y is image up: the overlap (y >= -2.5) is the top 3/4 of A, rows < 5.25 of 7
     rows_any = np.flatnonzero(any_px.any(axis=1))
     rows_full = np.flatnonzero(full.any(axis=1))
-    assert rows_any.tolist() == [0, 1, 2, 3, 4, 5]   # row 5 is partly on
+    assert rows_any.tolist() == [0, 1, 2, 3, 4, 5]  # row 5 is partly on
     assert rows_full.tolist() == [0, 1, 2, 3, 4]
     assert (full <= any_px).all()
 
@@ -83,19 +92,24 @@ def test_png_round_trip(tmp_path):
 
 
 def test_strong_and_weak_positives():
-    co = sp.csr_matrix(np.array([
-        [1.0, 0.9, 0.5, 0.3, 0.2, 0.05, 0.04],
-        [0.9, 1.0, 0, 0, 0, 0, 0],
-        [0.5, 0, 0, 0, 0, 0, 0],
-        [0.3, 0, 0, 0, 0, 0, 0],
-        [0.2, 0, 0, 0, 0, 0, 0],
-        [0.05, 0, 0, 0, 0, 0, 0],
-        [0.04, 0, 0, 0, 0, 0, 0]]))
+    co = sp.csr_matrix(
+        np.array(
+            [
+                [1.0, 0.9, 0.5, 0.3, 0.2, 0.05, 0.04],
+                [0.9, 1.0, 0, 0, 0, 0, 0],
+                [0.5, 0, 0, 0, 0, 0, 0],
+                [0.3, 0, 0, 0, 0, 0, 0],
+                [0.2, 0, 0, 0, 0, 0, 0],
+                [0.05, 0, 0, 0, 0, 0, 0],
+                [0.04, 0, 0, 0, 0, 0, 0],
+            ]
+        )
+    )
     anchors = select_positives(co, TripletOptions())
     a0 = anchors[0]
     assert a0.index == 0
-    assert a0.strong == [(1, 0.9), (2, 0.5)]       # inclusive bounds, diagonal ignored
-    assert a0.weak == [(4, 0.2), (5, 0.05)]        # 0.3 is between the ranges, 0.04 below
+    assert a0.strong == [(1, 0.9), (2, 0.5)]  # inclusive bounds, diagonal ignored
+    assert a0.weak == [(4, 0.2), (5, 0.05)]  # 0.3 is between the ranges, 0.04 below
     assert [a.index for a in anchors] == [0, 1, 2, 4, 5]
     assert positive_pairs(anchors) == [(0, 1), (0, 2), (0, 4), (0, 5)]
     custom = select_positives(co, TripletOptions(strong=(0.8, 1.0), weak=(0.25, 0.6)))
@@ -106,5 +120,6 @@ def test_strong_and_weak_positives():
 
 def test_bad_thresholds_are_refused():
     from mirror_sfm.errors import MirrorError
+
     with pytest.raises(MirrorError, match="strong"):
         select_positives(sp.csr_matrix((2, 2)), TripletOptions(strong=(0.9, 0.5)))

@@ -1,16 +1,17 @@
 """`gtgen mesh`: sparse points -> oriented normals -> Poisson -> trimmed surface near the truth, whose mesh
 overlap agrees with the true mesh's; the dense path's CUDA guard; one-line errors."""
+
 import numpy as np
 import pycolmap
 import pytest
 import trimesh
+from test_gtgen_scenes import require_offscreen_rendering
 
 from gtgen import meshing
 from gtgen.align import SurfaceDistance
 from gtgen.cli import main
 from gtgen.visibility import VisibilityOptions, element_ids, element_map, mesh_overlap, triangle_maps
 from mirror_sfm.errors import MirrorError
-from test_gtgen_scenes import require_offscreen_rendering
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -22,8 +23,11 @@ def boxes(tmp_path_factory):
     from gtgen import synthetic
 
     out = tmp_path_factory.mktemp("mesh_boxes")
-    synthetic.synthesize_procedural("boxes", out, synthetic.SynthOptions(num_views=12, width=160, height=120,
-                                                                         num_points=3000, seed=3, progress=False))
+    synthetic.synthesize_procedural(
+        "boxes",
+        out,
+        synthetic.SynthOptions(num_views=12, width=160, height=120, num_points=3000, seed=3, progress=False),
+    )
     return out
 
 
@@ -38,10 +42,12 @@ def test_mesh_lies_on_the_true_surface(boxes, meshed):
     truth = trimesh.load(boxes / "mesh.ply", process=False)
     assert len(meshed.faces) > 1000
     _, d, _ = SurfaceDistance(truth, 50_000, 0).closest_points(np.asarray(meshed.triangles_center))
-    size = float(np.linalg.norm(np.ptp(truth.vertices, axis=0)))   # ~30 units
+    size = float(np.linalg.norm(np.ptp(truth.vertices, axis=0)))  # ~30 units
     assert np.median(d) < 0.005 * size and np.percentile(d, 90) < 0.02 * size
     # no balloon: the trimmed surface stays within the scene's bounds (plus a margin)
-    assert (meshed.bounds[0] > truth.bounds[0] - 0.05 * size).all() and (meshed.bounds[1] < truth.bounds[1] + 0.05 * size).all()
+    assert (meshed.bounds[0] > truth.bounds[0] - 0.05 * size).all() and (
+        meshed.bounds[1] < truth.bounds[1] + 0.05 * size
+    ).all()
 
 
 def test_mesh_overlap_agrees_with_the_true_mesh(boxes, meshed):
@@ -50,7 +56,7 @@ def test_mesh_overlap_agrees_with_the_true_mesh(boxes, meshed):
     ids = sorted(rec.reg_image_ids())
     opts = VisibilityOptions(resolution=64, progress=False, element_size=1.0)
     mo = []
-    for m in (truth, meshed):   # both counted in the same 1-unit cells, so the two meshes' ratios compare
+    for m in (truth, meshed):  # both counted in the same 1-unit cells, so the two meshes' ratios compare
         elements = element_ids(m, opts.element_size)
         maps = [element_map(t, elements) for t in triangle_maps(rec, ids, m, opts)]
         mo.append(mesh_overlap(maps, int(elements.max()) + 1)[1].toarray())
@@ -64,9 +70,9 @@ def test_normals_face_the_cameras_and_trim_cuts_far_faces():
     points = np.c_[xy, 0.01 * rng.standard_normal(400)]
     normals = meshing.estimate_normals(points, 12)
     assert np.abs(normals[:, 2]).min() > 0.9
-    oriented = meshing.orient_normals(normals, np.tile([0.0, 0.3, -1.0], (400, 1)))   # cameras below
+    oriented = meshing.orient_normals(normals, np.tile([0.0, 0.3, -1.0], (400, 1)))  # cameras below
     assert (oriented[:, 2] < 0).all()
-    plane = trimesh.creation.box((4.0, 4.0, 0.01))      # a 4x4 slab around the 2x2 patch of points
+    plane = trimesh.creation.box((4.0, 4.0, 0.01))  # a 4x4 slab around the 2x2 patch of points
     plane = plane.subdivide().subdivide().subdivide().subdivide()
     spacing = meshing.point_spacing(points)
     trimmed, _ = meshing.trim_surface(plane, points, spacing, meshing.MeshingOptions())
@@ -82,7 +88,9 @@ def test_dense_needs_cuda(boxes, monkeypatch, capsys):
     monkeypatch.setattr(pycolmap, "has_cuda", True, raising=False)
     assert meshing.resolve_method("auto") == "dense"
     with pytest.raises(MirrorError, match="--images"):
-        meshing.mesh_from_reconstruction(pycolmap.Reconstruction(boxes / "sparse"), meshing.MeshingOptions(method="dense"))
+        meshing.mesh_from_reconstruction(
+            pycolmap.Reconstruction(boxes / "sparse"), meshing.MeshingOptions(method="dense")
+        )
 
 
 def test_errors_name_the_problem(tmp_path, capsys):

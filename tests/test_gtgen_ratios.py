@@ -19,8 +19,8 @@ def test_duplicate_elements_count_once():
 
 
 def test_combined_ratio_uses_tracks_when_enough():
-    ct = directional_ratios(incidence_from_sets([np.array([0, 1]), np.array([1, 2]), np.array([5])]))   # CT(0,1) = 0.5
+    ct = directional_ratios(incidence_from_sets([np.array([0, 1]), np.array([1, 2]), np.array([5])]))  # CT(0,1) = 0.5
     mo = directional_ratios(incidence_from_sets([np.array([0, 1, 2, 3]), np.array([3, 4, 5, 6]), np.array([6])]))
     co = combined_ratios(ct, mo, t_sfm=0.2).toarray()
-    assert co[0, 1] == pytest.approx(1.0)            # CT >= 0.2
-    assert co[1, 2] == pytest.approx(np.sqrt(0.25 * 1.0))   # CT = 0: falls back to MO
+    assert co[0, 1] == pytest.approx(1.0)  # CT >= 0.2
+    assert co[1, 2] == pytest.approx(np.sqrt(0.25 * 1.0))  # CT = 0: falls back to MO

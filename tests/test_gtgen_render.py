@@ -1,11 +1,19 @@
 """The pyrender visibility engine against the ray caster and analytic answers (tiny offscreen renders)."""
+
 import numpy as np
 import pytest
 import trimesh
+from test_gtgen_scenes import (
+    look_down,
+    make_reconstruction,
+    plane_mesh,
+    plane_scene,
+    plane_triangle_at,
+    require_offscreen_rendering,
+)
 
 from gtgen.visibility import MeshRayCaster, VisibilityOptions, mesh_overlap, triangle_map, triangle_maps
 from mirror_sfm.errors import MirrorError
-from test_gtgen_scenes import require_offscreen_rendering, look_down, make_reconstruction, plane_mesh, plane_scene, plane_triangle_at
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -15,6 +23,7 @@ def render():
     """gtgen.render, skipped (with the reason) where pyrender or an offscreen OpenGL context is missing."""
     require_offscreen_rendering()
     from gtgen import render as module
+
     return module
 
 
@@ -36,6 +45,7 @@ def fine_cube(cube):
 
 def _look_at(centre, target=(0.0, 0.0, 0.0)):
     from gtgen.synthetic import look_at
+
     return look_at(np.asarray(centre, float), np.asarray(target, float), np.array([0.0, 0.0, 1.0]))
 
 
@@ -85,13 +95,16 @@ def test_plane_agrees_with_ray_caster_on_a_coarser_grid(render, plane):
     agree, mo_a, mo_b = _agreement(make_reconstruction(cams, [look_down(c) for c in centres]), plane, 120)
     assert min(agree) >= 0.98
     assert np.abs(mo_a - mo_b).max() <= 0.02
-    assert mo_b[0, 1] > 0.3   # the footprints overlap: a meaningful comparison
+    assert mo_b[0, 1] > 0.3  # the footprints overlap: a meaningful comparison
 
 
 def test_cameras_of_different_sizes_in_one_model(render, fine_cube):
     centres = [(4.0, 1.3, 2.1), (-3.2, 3.9, 1.1), (0.7, -4.4, -2.3)]
-    cams = [("PINHOLE", [150.0, 140.0, 82.0, 57.0], 160, 120), ("PINHOLE", [90.0, 90.0, 50.3, 50.1], 100, 100),
-            ("SIMPLE_PINHOLE", [120.0, 60.2, 80.1], 120, 160)]
+    cams = [
+        ("PINHOLE", [150.0, 140.0, 82.0, 57.0], 160, 120),
+        ("PINHOLE", [90.0, 90.0, 50.3, 50.1], 100, 100),
+        ("SIMPLE_PINHOLE", [120.0, 60.2, 80.1], 120, 160),
+    ]
     rec = make_reconstruction(cams, [_look_at(c) for c in centres])
     agree, mo_a, mo_b = _agreement(rec, fine_cube, 100)
     assert min(agree) >= 0.98 and np.abs(mo_a - mo_b).max() <= 0.02
@@ -142,7 +155,7 @@ def test_distorted_camera_is_refused_and_zero_distortion_accepted(render, cube):
         with pytest.raises(MirrorError, match="pinhole cameras only"):
             raster.triangle_map(distorted.camera(1), distorted.image(1).cam_from_world(), 80)
         fisheye = make_reconstruction([("OPENCV_FISHEYE", [50.0, 50.0, 40.0, 30.0, 0.0, 0.0, 0.0, 0.0], 80, 60)], pose)
-        with pytest.raises(MirrorError, match="OPENCV_FISHEYE"):   # equidistant, not pinhole, even undistorted
+        with pytest.raises(MirrorError, match="OPENCV_FISHEYE"):  # equidistant, not pinhole, even undistorted
             raster.triangle_map(fisheye.camera(1), fisheye.image(1).cam_from_world(), 80)
         plain = make_reconstruction([("OPENCV", [50.0, 50.0, 40.0, 30.0, 0.0, 0.0, 0.0, 0.0], 80, 60)], pose)
         pinhole = make_reconstruction([("PINHOLE", [50.0, 50.0, 40.0, 30.0], 80, 60)], pose)
@@ -159,7 +172,9 @@ def test_engine_in_triangle_maps_caches_separately(render, plane, tmp_path):
     assert sorted(p.name.startswith("pyrender-") for p in tmp_path.iterdir()) == [True, True]
     again = triangle_maps(rec, ids, plane, opts)
     assert all((a == b).all() for a, b in zip(first, again))
-    triangle_maps(rec, ids, plane, VisibilityOptions(resolution=80, engine="embree", cache_dir=tmp_path, progress=False))
+    triangle_maps(
+        rec, ids, plane, VisibilityOptions(resolution=80, engine="embree", cache_dir=tmp_path, progress=False)
+    )
     assert len(list(tmp_path.iterdir())) == 4
 
 

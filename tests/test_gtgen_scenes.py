@@ -4,6 +4,7 @@ A plane z = 0 triangulated on a regular grid, and cameras looking straight down 
 camera with focal f, size W x H at height h sees the rectangle of half-sizes h W / (2 f), h H / (2 f)
 under its centre, so footprint overlaps are rectangle intersections.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,7 @@ def plane_mesh(half: float = PLANE_HALF, cell: float = PLANE_CELL) -> trimesh.Tr
     vertices = np.stack([xx.ravel(), yy.ravel(), np.zeros(xx.size)], axis=1)
     r, c = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
     v00 = (r * (n + 1) + c).ravel()
-    v10, v01, v11 = v00 + 1, v00 + n + 1, v00 + n + 2   # v10: x + 1, v01: y + 1
+    v10, v01, v11 = v00 + 1, v00 + n + 1, v00 + n + 2  # v10: x + 1, v01: y + 1
     faces = np.empty((2 * n * n, 3), np.int64)
     faces[0::2] = np.stack([v00, v10, v11], axis=1)
     faces[1::2] = np.stack([v00, v11, v01], axis=1)
@@ -45,25 +46,35 @@ def look_down(centre) -> tuple[np.ndarray, np.ndarray]:
     return R, -R @ np.asarray(centre, float)
 
 
-def make_reconstruction(cameras: list[tuple[str, list[float], int, int]], poses: list[tuple[np.ndarray, np.ndarray]],
-                        names: list[str] | None = None, num_keypoints: int = 0) -> pycolmap.Reconstruction:
+def make_reconstruction(
+    cameras: list[tuple[str, list[float], int, int]],
+    poses: list[tuple[np.ndarray, np.ndarray]],
+    names: list[str] | None = None,
+    num_keypoints: int = 0,
+) -> pycolmap.Reconstruction:
     """One camera per image: cameras[k] = (model, params, W, H), poses[k] = (R, t) world->camera;
     image k gets id k + 1 and `num_keypoints` dummy keypoints (for tracks added later)."""
     rec = pycolmap.Reconstruction()
     for k, ((model, params, w, h), (R, t)) in enumerate(zip(cameras, poses)):
         rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=k + 1, model=model, width=w, height=h, params=params))
-        image = pycolmap.Image(name=names[k] if names else f"img{k:02d}.jpg", keypoints=np.ones((num_keypoints, 2)),
-                               camera_id=k + 1, image_id=k + 1)
-        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pycolmap.Rotation3d(np.asarray(R, float)),
-                                                                 np.asarray(t, float)))
+        image = pycolmap.Image(
+            name=names[k] if names else f"img{k:02d}.jpg",
+            keypoints=np.ones((num_keypoints, 2)),
+            camera_id=k + 1,
+            image_id=k + 1,
+        )
+        rec.add_image_with_trivial_frame(
+            image, pycolmap.Rigid3d(pycolmap.Rotation3d(np.asarray(R, float)), np.asarray(t, float))
+        )
     return rec
 
 
 def plane_scene(centres, f: float = 100.0, size: tuple[int, int] = (200, 200), **kw) -> pycolmap.Reconstruction:
     """Pinhole cameras (focal f, W x H) looking down at the plane from the given centres."""
     w, h = size
-    return make_reconstruction([("PINHOLE", [f, f, w / 2, h / 2], w, h)] * len(centres), [look_down(c) for c in centres],
-                               **kw)
+    return make_reconstruction(
+        [("PINHOLE", [f, f, w / 2, h / 2], w, h)] * len(centres), [look_down(c) for c in centres], **kw
+    )
 
 
 def add_tracks(rec: pycolmap.Reconstruction, image_ids: list[int], first_keypoint: int, count: int) -> None:
@@ -114,6 +125,7 @@ def require_offscreen_rendering():
     pytest.importorskip("pyrender")
     from gtgen import render
     from mirror_sfm.errors import MirrorError
+
     try:
         render.offscreen_renderer(8, 8).delete()
     except MirrorError as exc:

@@ -1,4 +1,5 @@
 """`gtgen synth`: renders, the true COLMAP model and its tracks, camera paths, and overlap on the result."""
+
 import json
 
 import numpy as np
@@ -6,9 +7,9 @@ import pycolmap
 import pytest
 import trimesh
 from PIL import Image
+from test_gtgen_scenes import require_offscreen_rendering
 
 from gtgen.cli import main
-from test_gtgen_scenes import require_offscreen_rendering
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -20,6 +21,7 @@ def synthetic():
     """gtgen.synthetic, skipped (with the reason) where pyrender or an offscreen OpenGL context is missing."""
     require_offscreen_rendering()
     from gtgen import synthetic as module
+
     return module
 
 
@@ -49,11 +51,11 @@ def test_writes_images_model_mesh_and_summary(boxes):
     assert names == result.names == [f"{k:05d}.jpg" for k in range(8)]
     with Image.open(out / "images" / names[0]) as im:
         assert im.size == SIZE and im.mode == "RGB"
-        assert np.asarray(im).std() > 10   # textured, not blank
+        assert np.asarray(im).std() > 10  # textured, not blank
     assert (out / "mesh.ply").is_file() and (out / "sparse" / "images.bin").is_file()
     summary = json.loads((out / "synth.json").read_text())
     assert summary["images"] == 8 and summary["points3D"] == result.num_points > 100
-    assert not list(out.glob(".*")) and not list((out / "images").glob(".*"))   # no temporaries left
+    assert not list(out.glob(".*")) and not list((out / "images").glob(".*"))  # no temporaries left
 
 
 def test_model_holds_the_requested_cameras(boxes):
@@ -94,7 +96,7 @@ def test_mesh_is_in_the_model_frame(boxes, synthetic):
     assert np.allclose(mesh.vertices, source.vertices) and (mesh.faces == source.faces).all()
     rec = pycolmap.Reconstruction(out / "sparse")
     xyz = np.array([p.xyz for p in rec.points3D.values()])
-    pts = xyz[:50]   # each 3D point lies on some triangle (brute force: no rtree needed)
+    pts = xyz[:50]  # each 3D point lies on some triangle (brute force: no rtree needed)
     tri = np.tile(mesh.triangles, (len(pts), 1, 1))
     closest = trimesh.triangles.closest_point(tri, np.repeat(pts, len(mesh.faces), axis=0))
     dist = np.linalg.norm(closest - np.repeat(pts, len(mesh.faces), axis=0), axis=1).reshape(len(pts), -1)
@@ -103,8 +105,21 @@ def test_mesh_is_in_the_model_frame(boxes, synthetic):
 
 def test_overlap_runs_on_the_synthetic_scene(boxes, tmp_path, capsys):
     out, _ = boxes
-    code = main(["overlap", "--sparse", str(out / "sparse"), "--mesh", str(out / "mesh.ply"), "--out",
-                 str(tmp_path / "gt"), "--images", str(out / "images"), "--resolution", "64"])
+    code = main(
+        [
+            "overlap",
+            "--sparse",
+            str(out / "sparse"),
+            "--mesh",
+            str(out / "mesh.ply"),
+            "--out",
+            str(tmp_path / "gt"),
+            "--images",
+            str(out / "images"),
+            "--resolution",
+            "64",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     geo = tmp_path / "gt" / "geolabel"
     assert (geo / "mesh_overlap.txt").read_text().strip() and (geo / "common_track.txt").read_text().strip()
@@ -127,7 +142,7 @@ def test_orbit_neighbours_overlap_and_opposite_views_do_not(box_orbit):
         nxt, opposite = (k + 1) % 8, (k + 4) % 8
         # neighbours 45 degrees apart see the same two faces (k even) or share one of them (k odd)
         assert ct[k, nxt] >= (0.8 if k % 2 == 0 else 0.35)
-        assert mo[k, nxt] >= (0.85 if k % 2 == 0 else 0.35)   # the grazing face loses a few triangles
+        assert mo[k, nxt] >= (0.85 if k % 2 == 0 else 0.35)  # the grazing face loses a few triangles
         # 180 degrees apart: the other two faces, nothing in common
         assert ct[k, opposite] == 0
         assert mo[k, opposite] <= 0.02
@@ -152,14 +167,14 @@ def test_aerial_looks_down_and_street_looks_sideways(synthetic):
     aerial = synthetic.camera_path(bounds, _options(synthetic, path="aerial", num_views=9, jitter=0.0), rng)
     assert len(aerial) == 9
     centres = np.array([-R.T @ t for R, t in aerial])
-    assert all(R[2] @ [0, 0, 1] < -0.999 for R, _ in aerial)           # optical axis straight down
-    assert (centres[:, 2] > bounds[1, 2]).all()                           # above everything
-    assert len(np.unique(np.round(centres[:, :2], 6), axis=0)) == 9      # a grid, no repeats
+    assert all(R[2] @ [0, 0, 1] < -0.999 for R, _ in aerial)  # optical axis straight down
+    assert (centres[:, 2] > bounds[1, 2]).all()  # above everything
+    assert len(np.unique(np.round(centres[:, :2], 6), axis=0)) == 9  # a grid, no repeats
     street = synthetic.camera_path(bounds, _options(synthetic, path="street", num_views=5, jitter=0.0), rng)
     centres = np.array([-R.T @ t for R, t in street])
-    assert all(abs(R[2] @ [0, 0, 1]) < 1e-9 for R, _ in street)           # horizontal
+    assert all(abs(R[2] @ [0, 0, 1]) < 1e-9 for R, _ in street)  # horizontal
     assert np.ptp(centres[:, 2]) < 1e-9 and np.ptp(centres[:, 1]) < 1e-9  # a straight walk at one height
-    assert all(R[2] @ [0, 1, 0] > 0.999 for R, _ in street)               # facing the scene, sideways
+    assert all(R[2] @ [0, 1, 0] > 0.999 for R, _ in street)  # facing the scene, sideways
 
 
 def test_textured_glb_input_and_stale_views(synthetic, tmp_path):
@@ -175,8 +190,25 @@ def test_textured_glb_input_and_stale_views(synthetic, tmp_path):
 
 
 def test_cli_procedural_and_errors(synthetic, tmp_path, capsys):
-    code = main(["synth", "--procedural", "box", "--out", str(tmp_path / "cli"), "--views", "3", "--size", "64x48",
-                 "--points", "200", "--path", "orbit", "--seed", "1"])
+    code = main(
+        [
+            "synth",
+            "--procedural",
+            "box",
+            "--out",
+            str(tmp_path / "cli"),
+            "--views",
+            "3",
+            "--size",
+            "64x48",
+            "--points",
+            "200",
+            "--path",
+            "orbit",
+            "--seed",
+            "1",
+        ]
+    )
     assert code == 0 and "3 views" in capsys.readouterr().out
     assert len(list((tmp_path / "cli" / "images").glob("*.jpg"))) == 3
 

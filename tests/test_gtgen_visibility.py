@@ -1,16 +1,34 @@
 """Ray-cast visibility against scenes with analytic answers: plane footprints, a cube, a distorted camera."""
+
 import logging
 
 import numpy as np
 import pycolmap
 import pytest
 import trimesh
+from test_gtgen_scenes import (
+    footprint,
+    look_down,
+    make_reconstruction,
+    plane_mesh,
+    plane_scene,
+    plane_triangle_at,
+    rect_overlap,
+)
 
-from gtgen.visibility import (MeshRayCaster, VisibilityOptions, camera_rays, element_ids, element_map, grid_shape,
-                              grid_pixel_centres, mesh_overlap, triangle_map, triangle_maps)
+from gtgen.visibility import (
+    MeshRayCaster,
+    VisibilityOptions,
+    camera_rays,
+    element_ids,
+    element_map,
+    grid_pixel_centres,
+    grid_shape,
+    mesh_overlap,
+    triangle_map,
+    triangle_maps,
+)
 from mirror_sfm.errors import MirrorError
-from test_gtgen_scenes import (footprint, look_down, make_reconstruction, plane_mesh, plane_scene, plane_triangle_at,
-                               rect_overlap)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -54,7 +72,9 @@ def test_cube_front_face_hides_back_face():
     front = np.flatnonzero(np.isclose(box.face_normals[:, 2], -1.0))
     back = np.flatnonzero(np.isclose(box.face_normals[:, 2], 1.0))
     # camera at z = -5 looking along +z (identity rotation), wide enough to see the whole cube
-    rec = make_reconstruction([("PINHOLE", [100.0, 100.0, 100.0, 100.0], 200, 200)], [(np.eye(3), np.array([0, 0, 5.0]))])
+    rec = make_reconstruction(
+        [("PINHOLE", [100.0, 100.0, 100.0, 100.0], 200, 200)], [(np.eye(3), np.array([0, 0, 5.0]))]
+    )
     tri = triangle_map(MeshRayCaster(box), rec.camera(1), rec.image(1).cam_from_world(), resolution=200)
     seen = set(np.unique(tri[tri >= 0]).tolist())
     assert seen == set(front.tolist())
@@ -77,11 +97,11 @@ def test_distorted_camera_rays_land_where_undistortion_says(plane):
         r -= (r * (1 + k * r * r) - rd) / (1 + 3 * k * r * r)
     scale = np.divide(r, rd, out=np.ones_like(r), where=rd > 0)
     xu, yu = xd * scale, yd * scale
-    X, Y = 0.5 + h * xu, -0.3 - h * yu   # look_down: image x -> +x, image y -> -y
+    X, Y = 0.5 + h * xu, -0.3 - h * yu  # look_down: image x -> +x, image y -> -y
     expected = plane_triangle_at(X, Y)
     got = tri.ravel()
     assert (got >= 0).all()
-    assert np.mean(got == expected) > 0.995   # misses only on triangle edges
+    assert np.mean(got == expected) > 0.995  # misses only on triangle edges
     # barrel distortion widens the view: the corner ray reaches further than the pinhole one would
     assert abs(X[0] - 0.5) > h * abs(xd[0])
 
@@ -123,7 +143,7 @@ def test_cache_resumes_and_matches(tmp_path, plane):
     mtimes = [p.stat().st_mtime_ns for p in files]
     again = triangle_maps(rec, [1, 2], plane, opts)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
-    assert [p.stat().st_mtime_ns for p in files] == mtimes   # read, not rewritten
+    assert [p.stat().st_mtime_ns for p in files] == mtimes  # read, not rewritten
     # another resolution is another key
     triangle_maps(rec, [1], plane, VisibilityOptions(cache_dir=tmp_path, progress=False, resolution=32))
     assert len(list(tmp_path.glob("*.npz"))) == 3
@@ -140,8 +160,8 @@ def test_mesh_out_of_frame_is_a_clear_error(plane):
 def test_fine_mesh_warns_and_elements_fix_the_ratio(caplog):
     """Triangles smaller than the ray spacing: each image samples different triangles, raw MO collapses;
     grouping triangles into 0.25-unit cells restores the footprint overlap."""
-    fine = plane_mesh(half=6.0, cell=0.04)   # rays every 5/64 = 0.08 units: ~8 triangles per ray
-    centres = [(0.0, 0.0, 2.5), (1.91, 0.04, 2.5)]   # shifts of ~half a ray spacing
+    fine = plane_mesh(half=6.0, cell=0.04)  # rays every 5/64 = 0.08 units: ~8 triangles per ray
+    centres = [(0.0, 0.0, 2.5), (1.91, 0.04, 2.5)]  # shifts of ~half a ray spacing
     rec = plane_scene(centres)
     with caplog.at_level(logging.WARNING, logger="gtgen"):
         maps = triangle_maps(rec, [1, 2], fine, VisibilityOptions(progress=False, resolution=64))

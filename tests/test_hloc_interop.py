@@ -47,8 +47,9 @@ def hloc_file(path, names, dim=64, regional=False, skip=()):
             grp.create_dataset("global_descriptor", data=vec.astype(np.float16))
             grp.create_dataset("image_size", data=np.array([512, 512]))
             if regional:
-                grp.create_dataset("regional_descriptors",
-                                   data=np.tile(vec / np.linalg.norm(vec), (3, 1)).astype(np.float16))
+                grp.create_dataset(
+                    "regional_descriptors", data=np.tile(vec / np.linalg.norm(vec), (3, 1)).astype(np.float16)
+                )
     return path
 
 
@@ -68,7 +69,7 @@ def test_hloc_file_is_ranked_from_and_never_overwritten(images, tmp_path, mirror
     ranked = {}
     for a, b in pairs:
         ranked.setdefault(a, set()).add(b)
-    for i, name in enumerate(names):   # the two neighbours in name order (one at the ends, plus the next best)
+    for i, name in enumerate(names):  # the two neighbours in name order (one at the ends, plus the next best)
         assert {names[j] for j in (i - 1, i + 1) if 0 <= j < len(names)} <= ranked[name]
     lines = [r.getMessage() for r in mirror_log.records if "not written by mirror_sfm" in r.getMessage()]
     assert len(lines) == 1 and "64-d" in lines[0] and "without PR-MAC" in lines[0]
@@ -80,8 +81,23 @@ def test_hloc_file_with_regional_vectors_gets_prmac(images, tmp_path, mirror_log
     feats = hloc_file(tmp_path / "feats.h5", names, dim=32, regional=True)
     before = digest(feats)
     mirror_log.set_level(logging.INFO)
-    assert main(["pairs", str(images), "-o", str(tmp_path / "p.txt"), "-k", "2", "--verify", "none",
-                 "--features", str(feats)]) == 0
+    assert (
+        main(
+            [
+                "pairs",
+                str(images),
+                "-o",
+                str(tmp_path / "p.txt"),
+                "-k",
+                "2",
+                "--verify",
+                "none",
+                "--features",
+                str(feats),
+            ]
+        )
+        == 0
+    )
     assert digest(feats) == before and len(read_pairs(tmp_path / "p.txt")) == 2 * len(names)
     assert any("regional ones (PR-MAC)" in r.getMessage() for r in mirror_log.records)
 
@@ -133,14 +149,14 @@ def test_hloc_extractor_matches_mirror_sfm_extract(images, tmp_path, imagenet_mo
     _, glob, regional = read_descriptors(result.path, [name], regional=True)
     model = MirrorSfM({"weights": "imagenet"}).eval()
     assert model.conf["pooling"] == "mac" and model.required_inputs == ["image"]
-    rgb, _ = decode_image(images / name, 384)     # as mirror_sfm (and hloc's resize_max=384) resizes
+    rgb, _ = decode_image(images / name, 384)  # as mirror_sfm (and hloc's resize_max=384) resizes
     image = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div(255)[None]
     with torch.no_grad():
         out = model({"image": image})
     assert out["global_descriptor"].shape == (1, 1280) and out["regional_descriptors"].shape == (1, 35, 1280)
     assert float(out["global_descriptor"][0].numpy() @ glob[0]) > 0.999
     assert np.abs(out["regional_descriptors"][0].numpy() - regional[0].astype(np.float32)).max() < 0.01
-    full, _ = decode_image(images / name, 0)          # resized inside the model instead
+    full, _ = decode_image(images / name, 0)  # resized inside the model instead
     model.conf["resize"] = 384
     with torch.no_grad():
         g = model({"image": torch.from_numpy(full.copy()).permute(2, 0, 1).float().div(255)[None]})

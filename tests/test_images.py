@@ -14,9 +14,9 @@ def test_exif_orientation_is_applied(tmp_path):
     assert read_image_rgb(tmp_path / "r.jpg").shape == (40, 20, 3)
 
 
-@pytest.mark.parametrize("mode,value", [("L", 128), ("I;16", 40000), ("CMYK", (0, 0, 0, 0)),
-                                        ("RGBA", (10, 20, 30, 255)),
-                                        ("P", 3)])
+@pytest.mark.parametrize(
+    "mode,value", [("L", 128), ("I;16", 40000), ("CMYK", (0, 0, 0, 0)), ("RGBA", (10, 20, 30, 255)), ("P", 3)]
+)
 def test_modes_become_rgb8(tmp_path, mode, value):
     img = Image.new(mode, (8, 6), value)
     ext = "tif" if mode in ("I;16", "CMYK") else "png"

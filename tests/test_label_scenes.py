@@ -1,4 +1,5 @@
 """scripts/label_scenes.py: the synthetic part on 2 tiny scenes labels them (positives, masks, manifest) and resumes."""
+
 import importlib.util
 import json
 import sys
@@ -15,7 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "label_scenes.py"
 def _load_script():
     spec = importlib.util.spec_from_file_location("label_scenes", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["label_scenes"] = module   # dataclasses look their module up
+    sys.modules["label_scenes"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -27,8 +28,22 @@ def label_scenes():
 
 
 def _run(module, root: Path) -> int:
-    return module.main(["--root", str(root), "--only", "synthetic", "--synthetic", "2", "--views", "8",
-                        "--size", "160x120", "--resolution", "96"])
+    return module.main(
+        [
+            "--root",
+            str(root),
+            "--only",
+            "synthetic",
+            "--synthetic",
+            "2",
+            "--views",
+            "8",
+            "--size",
+            "160x120",
+            "--resolution",
+            "96",
+        ]
+    )
 
 
 def test_synthetic_scenes_get_positives_and_resume(label_scenes, tmp_path, capsys):
@@ -50,7 +65,7 @@ def test_synthetic_scenes_get_positives_and_resume(label_scenes, tmp_path, capsy
     assert "synth_00_aerial" in capsys.readouterr().out
 
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/triplets.json")}
-    assert _run(label_scenes, tmp_path) == 0                    # second run: both scenes skipped
+    assert _run(label_scenes, tmp_path) == 0  # second run: both scenes skipped
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/triplets.json")} == stamps
     rows = json.loads((tmp_path / "summary.json").read_text())
     assert all(r.get("resumed") for r in rows) and rows[0]["anchors"] == summary[0]["anchors"]
@@ -73,8 +88,15 @@ def _write_model(folder: Path, num_images: int) -> None:
     poses = [(np.eye(3), np.array([float(k), 0.0, 5.0])) for k in range(num_images)]
     empty = [(np.zeros(0, np.int64), np.zeros((0, 2)))] * num_images
     folder.mkdir(parents=True)
-    build_reconstruction([f"{k}.jpg" for k in range(num_images)], poses, np.diag([100.0, 100.0, 1.0]), (64, 48),
-                         np.zeros((0, 3)), empty, np.zeros((0, 3), np.uint8)).write(folder)
+    build_reconstruction(
+        [f"{k}.jpg" for k in range(num_images)],
+        poses,
+        np.diag([100.0, 100.0, 1.0]),
+        (64, 48),
+        np.zeros((0, 3)),
+        empty,
+        np.zeros((0, 3), np.uint8),
+    ).write(folder)
 
 
 def test_sparse_model_choice(tmp_path):

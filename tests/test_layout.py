@@ -5,6 +5,7 @@ so an import hidden inside a function counts as much as one at the top of a file
 named (`from pkg import sub` to `pkg.sub` when `sub` is a module); the implicit import of a parent package's
 `__init__` is not an edge, as in import-linter.
 """
+
 from __future__ import annotations
 
 import ast
@@ -37,7 +38,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base_parts = package.split(".")
-                base_parts = base_parts[:len(base_parts) - (node.level - 1)]
+                base_parts = base_parts[: len(base_parts) - (node.level - 1)]
                 base = ".".join(base_parts + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
@@ -54,8 +55,13 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_mirror_sfm_never_imports_gtgen():
-    offenders = sorted(f"{mod} imports {target}" for mod, targets in _graph().items()
-                       if mod.split(".")[0] == "mirror_sfm" for target in targets if target.split(".")[0] == "gtgen")
+    offenders = sorted(
+        f"{mod} imports {target}"
+        for mod, targets in _graph().items()
+        if mod.split(".")[0] == "mirror_sfm"
+        for target in targets
+        if target.split(".")[0] == "gtgen"
+    )
     assert not offenders, "\n".join(offenders)
 
 

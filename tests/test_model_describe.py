@@ -1,4 +1,5 @@
 """The model owns its descriptor: pooling and whitening travel in the weights file and `describe` serves them."""
+
 import numpy as np
 import pytest
 import torch
@@ -35,7 +36,7 @@ def test_gem_weights_are_described_with_gem_after_load(batch, fixture_images, tm
 
     names, images = batch
     trained = build_model(ModelOptions(pooling="gem", gem_p=2.5)).eval()
-    at_training = trained.describe_map(trained(images))[0]          # what the loss sees (batch_loss)
+    at_training = trained.describe_map(trained(images))[0]  # what the loss sees (batch_loss)
     save_weights(trained, tmp_path / "w.pt", half=False)
 
     served = load_model(tmp_path / "w.pt").eval()
@@ -43,13 +44,18 @@ def test_gem_weights_are_described_with_gem_after_load(batch, fixture_images, tm
     glob, _ = served.describe(images)
     assert torch.allclose(glob, at_training, atol=1e-5)
     mac, _ = served.describe(images, pooling="mac")
-    assert (glob - mac).abs().max() > 1e-2                           # GeM, not MAC
+    assert (glob - mac).abs().max() > 1e-2  # GeM, not MAC
 
     # extraction (default options: the model's own pooling) stores the same descriptor
-    result = extract(fixture_images, tmp_path / "f.h5", ExtractionOptions(resize=RESIZE, regional=False),
-                     image_names=names, model=served)
+    result = extract(
+        fixture_images,
+        tmp_path / "f.h5",
+        ExtractionOptions(resize=RESIZE, regional=False),
+        image_names=names,
+        model=served,
+    )
     _, stored, _ = read_descriptors(result.path, names)
-    assert np.abs(stored - glob.numpy()).max() < 2e-3                # float16 storage
+    assert np.abs(stored - glob.numpy()).max() < 2e-3  # float16 storage
 
 
 @torch.no_grad()

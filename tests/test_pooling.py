@@ -47,10 +47,12 @@ def test_rmac_is_normalised_sum_of_normalised_regions():
 
 def test_prmac_score_by_hand():
     q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    d = torch.tensor([
-        [[1.0, 0.0], [0.6, 0.8]],       # best for q0: 1.0, for q1: 0.8 -> 1.8
-        [[0.0, 1.0], [0.0, -1.0]],      # q0: 0.0, q1: 1.0 -> 1.0
-    ])
+    d = torch.tensor(
+        [
+            [[1.0, 0.0], [0.6, 0.8]],  # best for q0: 1.0, for q1: 0.8 -> 1.8
+            [[0.0, 1.0], [0.0, -1.0]],  # q0: 0.0, q1: 1.0 -> 1.0
+        ]
+    )
     assert prmac_score(q, d).tolist() == pytest.approx([1.8, 1.0])
 
 

@@ -3,6 +3,7 @@
 Unwritable outputs, a disk that fills up, file names that are not UTF-8, two runs on one output, truncated
 JPEGs, large-JPEG decoding, log lines under a progress bar and a corrupt descriptor cache.
 """
+
 import logging
 import os
 import shutil
@@ -43,11 +44,13 @@ def last_error_line(capsys_or_fd) -> str:
 
 
 def run_python(code: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 # ----------------------------------------------------------------------------- 1. unwritable outputs
+
 
 def test_output_that_is_a_folder_stops_before_any_work(images, tmp_path, capsys, monkeypatch):
     def no_model(*_a, **_k):
@@ -116,10 +119,12 @@ def test_disk_full_is_one_line_and_the_finished_images_are_kept(fixture_images, 
     assert res.returncode == 2, res.stderr
     err = res.stderr.strip().splitlines()
     assert "Traceback" not in res.stderr
-    assert err[-1] == (f"mirror_sfm: error: disk full while writing {out} (File too large): free space and re-run; "
-                       f"finished images are kept in {partial_path(out)}")
+    assert err[-1] == (
+        f"mirror_sfm: error: disk full while writing {out} (File too large): free space and re-run; "
+        f"finished images are kept in {partial_path(out)}"
+    )
     assert partial_path(out).is_file() and not out.exists()
-    again = extract(fixture_images, out, model=imagenet_model)   # space freed: resumes
+    again = extract(fixture_images, out, model=imagenet_model)  # space freed: resumes
     assert again.num_cached >= 2 and again.num_cached + again.num_extracted == 12
     fresh = extract(fixture_images, tmp_path / "fresh.h5", model=imagenet_model)
     n1, g1, r1 = read_descriptors(out, regional=True)
@@ -128,6 +133,7 @@ def test_disk_full_is_one_line_and_the_finished_images_are_kept(fixture_images, 
 
 
 # ----------------------------------------------------------------------------- 3. names that are not UTF-8
+
 
 def test_names_that_are_not_utf8_are_skipped_with_one_warning(images, mirror_log):
     fd = os.open(os.path.join(os.fsencode(images), b"bad\xff.jpg"), os.O_WRONLY | os.O_CREAT, 0o644)
@@ -168,18 +174,25 @@ HOLD_LOCK = """
 
 def test_second_run_on_the_same_output_stops_with_the_holders_pid(images, tmp_path, capsys):
     out = tmp_path / "feats.h5"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLD_LOCK), str(out)], cwd=REPO,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(HOLD_LOCK), str(out)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert main(["extract", str(images), "-o", str(out), "--weights", "imagenet", "--num-workers", "0"]) == 2
-        assert last_error_line(capsys) == (f"mirror_sfm: error: {out} is being written by another mirror_sfm run "
-                                           f"(pid {holder.pid}); wait for it or choose another output")
-        assert not out.exists() and not partial_path(out).exists()   # the holder's work was not touched
+        assert last_error_line(capsys) == (
+            f"mirror_sfm: error: {out} is being written by another mirror_sfm run "
+            f"(pid {holder.pid}); wait for it or choose another output"
+        )
+        assert not out.exists() and not partial_path(out).exists()  # the holder's work was not touched
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
-    assert not lock_path(out).exists()   # released and removed
+    assert not lock_path(out).exists()  # released and removed
     assert main(["extract", str(images), "-o", str(out), "--weights", "imagenet", "--num-workers", "0"]) == 0
     assert len(list_h5_names(out)) == 4 and not lock_path(out).exists()
 
@@ -187,10 +200,22 @@ def test_second_run_on_the_same_output_stops_with_the_holders_pid(images, tmp_pa
 def test_two_concurrent_extractions_never_clobber(images, tmp_path):
     """Two real runs started together: each one either finishes or stops with the one-line lock error."""
     out = tmp_path / "feats.h5"
-    cmd = [sys.executable, "-m", "mirror_sfm", "extract", str(images), "-o", str(out), "--weights", "imagenet",
-           "--num-workers", "0"]
-    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mirror_sfm",
+        "extract",
+        str(images),
+        "-o",
+        str(out),
+        "--weights",
+        "imagenet",
+        "--num-workers",
+        "0",
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     for code, err in results:
         assert "Traceback" not in err
@@ -212,6 +237,7 @@ def test_lock_is_released_when_the_run_fails(tmp_path):
 
 # ----------------------------------------------------------------------------- 5. one notion of readable
 
+
 def truncate_half(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -220,11 +246,13 @@ def truncate_half(path: Path) -> None:
 def test_a_truncated_jpeg_is_unreadable_everywhere(images, mirror_log):
     truncate_half(images / "IMG_9670.jpg")
     with Image.open(images / "IMG_9670.jpg") as img:
-        img.verify()   # the header check colmap.py used to rely on lets it through
+        img.verify()  # the header check colmap.py used to rely on lets it through
     assert unreadable_reason(images / "IMG_9670.jpg").startswith("OSError: image file is truncated")
     assert unreadable_reason(images / "IMG_9669.jpg") is None
-    assert check_readable(images, list_images(images)) == (["IMG_9669.jpg", "IMG_9671.jpg", "IMG_9672.jpg"],
-                                                           ["IMG_9670.jpg"])
+    assert check_readable(images, list_images(images)) == (
+        ["IMG_9669.jpg", "IMG_9671.jpg", "IMG_9672.jpg"],
+        ["IMG_9670.jpg"],
+    )
     found, readable, skipped = list_usable_images(images)
     assert len(found) == 4 and skipped == ["IMG_9670.jpg"] and "IMG_9670.jpg" not in readable
     with pytest.raises(MirrorError, match="IMG_9670.jpg.*truncated"):
@@ -235,8 +263,10 @@ def test_a_truncated_jpeg_is_unreadable_everywhere(images, mirror_log):
 
 # ----------------------------------------------------------------------------- 6. large JPEGs in draft mode
 
-@pytest.mark.parametrize("size,orientation", [((4000, 3001), 1), ((4000, 3001), 6), ((1003, 4007), 8),
-                                              ((4007, 4001), 6), ((300, 200), 1)])
+
+@pytest.mark.parametrize(
+    "size,orientation", [((4000, 3001), 1), ((4000, 3001), 6), ((1003, 4007), 8), ((4007, 4001), 6), ((300, 200), 1)]
+)
 def test_draft_decoding_keeps_size_and_orientation(tmp_path, size, orientation):
     rng = np.random.default_rng(0)
     small = rng.integers(0, 255, (size[1] // 50 + 1, size[0] // 50 + 1, 3), dtype=np.uint8)
@@ -245,13 +275,14 @@ def test_draft_decoding_keeps_size_and_orientation(tmp_path, size, orientation):
     exif[0x0112] = orientation
     img.save(tmp_path / "p.jpg", exif=exif, quality=90)
     full = read_image_rgb(tmp_path / "p.jpg")
-    expected = Image.fromarray(full).resize(resized_size(full.shape[1], full.shape[0], 384), Image.BILINEAR,
-                                            reducing_gap=3.0)
+    expected = Image.fromarray(full).resize(
+        resized_size(full.shape[1], full.shape[0], 384), Image.BILINEAR, reducing_gap=3.0
+    )
     fast, full_size = decode_image(tmp_path / "p.jpg", 384)
     assert full_size == (full.shape[1], full.shape[0])
     assert fast.shape == np.asarray(expected).shape
     diff = np.abs(fast.astype(int) - np.asarray(expected).astype(int))
-    assert diff.mean() < 2.0   # same picture, same way up (a 90-degree error would differ by far more)
+    assert diff.mean() < 2.0  # same picture, same way up (a 90-degree error would differ by far more)
 
 
 def test_extraction_descriptors_barely_change_with_draft(images, imagenet_model, tmp_path, monkeypatch):
@@ -269,29 +300,46 @@ def test_extraction_descriptors_barely_change_with_draft(images, imagenet_model,
     slow = extract(images, tmp_path / "b.h5", ex.ExtractionOptions(resize=64), model=imagenet_model)
     _, g, _ = read_descriptors(fast.path)
     _, g2, _ = read_descriptors(slow.path)
-    assert not np.array_equal(g, g2)   # the draft path was taken
-    assert (g * g2).sum(axis=1).min() > 0.995   # measured 0.9996
+    assert not np.array_equal(g, g2)  # the draft path was taken
+    assert (g * g2).sum(axis=1).min() > 0.995  # measured 0.9996
 
 
 # ----------------------------------------------------------------------------- 7. warnings under a progress bar
 
+
 def test_warnings_get_their_own_line_under_the_progress_bar(images, tmp_path, capfd):
     shutil.copy(images / "IMG_9669.jpg", images / "IMG_9669b.jpg")
     truncate_half(images / "IMG_9669b.jpg")
-    assert main(["extract", str(images), "-o", str(tmp_path / "f.h5"), "--weights", "imagenet",
-                 "--num-workers", "0", "--batch-size", "1"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(images),
+                "-o",
+                str(tmp_path / "f.h5"),
+                "--weights",
+                "imagenet",
+                "--num-workers",
+                "0",
+                "--batch-size",
+                "1",
+            ]
+        )
+        == 0
+    )
     err = capfd.readouterr().err
-    assert "describe images" in err   # the bar was drawn
+    assert "describe images" in err  # the bar was drawn
     lines = [ln for ln in err.split("\n") if "skipping unreadable image" in ln]
     assert len(lines) == 1
-    assert lines[0].split("\r")[-1].startswith("["), repr(lines[0])   # not glued to the end of the bar
+    assert lines[0].split("\r")[-1].startswith("["), repr(lines[0])  # not glued to the end of the bar
 
 
 # ----------------------------------------------------------------------------- 8. corrupt descriptor cache
 
+
 def test_corrupt_cache_says_corrupt_and_is_rebuilt(images, imagenet_model, tmp_path, mirror_log):
     out = tmp_path / "feats.h5"
-    out.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)   # an h5 signature and nothing after it
+    out.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # an h5 signature and nothing after it
     r = extract(images, out, model=imagenet_model)
     assert r.num_extracted == 4 and len(list_h5_names(out)) == 4
     messages = [rec.getMessage() for rec in mirror_log.records]
@@ -305,11 +353,13 @@ def test_corrupt_partial_is_started_again(images, imagenet_model, tmp_path, mirr
     partial_path(out).write_bytes(b"garbage")
     r = extract(images, out, model=imagenet_model)
     assert r.num_extracted == 4 and not partial_path(out).exists()
-    assert any("is corrupt" in rec.getMessage() and str(partial_path(out)) in rec.getMessage()
-               for rec in mirror_log.records)
+    assert any(
+        "is corrupt" in rec.getMessage() and str(partial_path(out)) in rec.getMessage() for rec in mirror_log.records
+    )
 
 
 # ----------------------------------------------------------------------------- weights, outputs of other commands
+
 
 def test_weights_of_another_architecture_are_one_clear_line(images, imagenet_model, tmp_path, capsys):
     import torch

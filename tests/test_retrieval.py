@@ -1,4 +1,5 @@
 """Retrieval on synthetic descriptors (exact maths) and on the real-photo fixture."""
+
 import numpy as np
 import pytest
 
@@ -49,6 +50,7 @@ def test_prmac_rerank_prefers_regional_match():
 def test_alpha_query_expansion_by_hand():
     db = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
     from mirror_sfm.retrieval import Neighbors
+
     nn = Neighbors(np.array([[1]]), np.array([[0.5]], dtype=np.float32))
     q = alpha_query_expansion(db[:1], db, nn, n=1, alpha=1.0)  # (1, 0) + 0.5 * (0, 1)
     assert np.allclose(q, unit(np.array([[1.0, 0.5]])), atol=1e-6)
@@ -80,10 +82,16 @@ def test_fixture_ranks_turntable_neighbours_first(fixture_images, imagenet_model
         ranking.setdefault(a, []).append(b)
     assert all(abs(pos[ranking[n][0]] - pos[n]) == 1 for n in names)
     gt = {n: {names[j] for j in (pos[n] - 1, pos[n] + 1) if 0 <= j < 12} for n in names}
-    assert mean_average_precision(ranking, gt, 2).map_mirror > 0.85   # random order gives ~0.2
+    assert mean_average_precision(ranking, gt, 2).map_mirror > 0.85  # random order gives ~0.2
     opts.retrieval.rerank = "prmac"
-    pairs = generate_pairs(fixture_images, tmp_path / "pr.txt", num_matched=11, options=opts, model=imagenet_model,
-                           features=tmp_path / "pairs-global-feats.h5")
+    pairs = generate_pairs(
+        fixture_images,
+        tmp_path / "pr.txt",
+        num_matched=11,
+        options=opts,
+        model=imagenet_model,
+        features=tmp_path / "pairs-global-feats.h5",
+    )
     ranking = {}
     for a, b in read_pairs(tmp_path / "pr.txt"):
         ranking.setdefault(a, []).append(b)

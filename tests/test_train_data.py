@@ -1,10 +1,11 @@
 """Training batches: shapes, one scene per column, real/synthetic mix, masks cropped with their images."""
+
 import numpy as np
 import pytest
 import torch
+from labelled_scenes import make_scenes
 from PIL import Image
 
-from labelled_scenes import IMAGE, make_scene, make_scenes
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.train.augment import AugmentOptions, Crop, crop_mask, load_cropped, sample_crop
 from mirror_sfm.train.data import DataOptions, TripletBatches, load_scene, load_scenes, split_scenes
@@ -21,8 +22,9 @@ def scene_root(tmp_path_factory):
 
 def batches(root, names, columns=3, real_fraction=0.5, **aug):
     scenes = load_scenes([root / n for n in names])
-    return TripletBatches(scenes, DataOptions(columns=columns, real_fraction=real_fraction),
-                          AugmentOptions(size=SIZE, **aug), seed=7)
+    return TripletBatches(
+        scenes, DataOptions(columns=columns, real_fraction=real_fraction), AugmentOptions(size=SIZE, **aug), seed=7
+    )
 
 
 def test_scene_labels_are_read(scene_root):
@@ -43,7 +45,7 @@ def test_batch_shapes_and_distinct_scenes(scene_root):
         assert 0.0 <= b["images"].min() and b["images"].max() <= 1.0
         assert b["masks"].shape == (4, 4, SIZE, SIZE) and b["masks"].dtype == torch.bool
         assert b["mask_valid"].all() and b["indices"].shape == (3, 4)
-        assert len(set(b["scenes"])) == 4                      # every column from another scene
+        assert len(set(b["scenes"])) == 4  # every column from another scene
         # anchors differ from their positives
         assert (b["indices"][0] != b["indices"][1]).all() and (b["indices"][0] != b["indices"][2]).all()
 
@@ -75,7 +77,7 @@ def test_masks_move_with_their_image(tmp_path):
     """An image painted from its own mask grid: every crop + flip keeps pixels and mask cells aligned."""
     rng = np.random.default_rng(0)
     grid = rng.random((12, 16)) > 0.5
-    pixels = np.kron(grid, np.ones((20, 20), bool))                         # 240 x 320 image
+    pixels = np.kron(grid, np.ones((20, 20), bool))  # 240 x 320 image
     Image.fromarray(np.repeat(pixels[..., None] * 255, 3, axis=2).astype(np.uint8)).save(tmp_path / "m.png")
     opts = AugmentOptions(size=96, scale=(0.2, 1.0))
     flips = 0
@@ -121,8 +123,10 @@ def test_split_scenes(tmp_path, scene_root):
 
 
 def test_shipped_splits_keep_statue_scenes_together():
-    import yaml
     from pathlib import Path
+
+    import yaml
+
     conf = yaml.safe_load((Path(__file__).parents[1] / "configs" / "splits.yaml").read_text())
     assert {"statue_of_liberty", "statue_of_liberty_40", "alexander"} <= set(conf["validation"])
     assert not set(conf["validation"]) & set(conf["train"])

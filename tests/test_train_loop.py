@@ -1,11 +1,12 @@
 """Training loop on tiny generated scenes: the loss goes down, a killed run resumes to the same state,
 the exported weights load, and `mirror_sfm evaluate` reports mAP in [0, 1]."""
+
 import json
 
 import pytest
 import torch
-
 from labelled_scenes import make_scenes
+
 from mirror_sfm.cli import main
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.model import load_model
@@ -24,9 +25,20 @@ def scenes(tmp_path_factory):
 
 
 def config(out, steps, **extra):
-    sets = {"run.out": out, "run.steps": steps, "run.validate_every": 0, "run.progress": False,
-            "run.checkpoint_every": 2, "augment.size": 64, "data.columns": 3, "data.num_workers": 0,
-            "model.freeze_blocks": 12, "optim.lr": 0.01, "run.threads": 1, **extra}
+    sets = {
+        "run.out": out,
+        "run.steps": steps,
+        "run.validate_every": 0,
+        "run.progress": False,
+        "run.checkpoint_every": 2,
+        "augment.size": 64,
+        "data.columns": 3,
+        "data.num_workers": 0,
+        "model.freeze_blocks": 12,
+        "optim.lr": 0.01,
+        "run.threads": 1,
+        **extra,
+    }
     return load_config(None, [f"{k}={v}" for k, v in sets.items()])
 
 
@@ -55,7 +67,7 @@ def test_loss_goes_down_without_collapse(scenes):
         torch.set_num_threads(threads)
     last = sum(losses[-3:]) / 3
     assert last < 0.6 * losses[0] and last < 1.5, losses
-    assert terms["d_neg"].item() > 0.5, terms          # negatives still apart: not a collapse
+    assert terms["d_neg"].item() > 0.5, terms  # negatives still apart: not a collapse
 
 
 def test_train_logs_and_exports_weights(tmp_path, scenes):
@@ -79,7 +91,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, scenes):
         pass
 
     def kill_at_3(step, terms):
-        if step == 3:                       # after the step-2 checkpoint, before the next
+        if step == 3:  # after the step-2 checkpoint, before the next
             raise Killed
 
     with pytest.raises(Killed):
@@ -101,16 +113,26 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, scenes):
 
 
 def test_lr_schedule_steps(tmp_path, scenes):
-    cfg = config(tmp_path / "lr", 4, **{"optim.lr_step": 2, "optim.lr_gamma": 0.5, "run.export": "''",
-                                        "model.freeze_blocks": -1})
+    cfg = config(
+        tmp_path / "lr", 4, **{"optim.lr_step": 2, "optim.lr_gamma": 0.5, "run.export": "''", "model.freeze_blocks": -1}
+    )
     train(cfg, scenes[:3], [])
     lrs = [float(r["lr"]) for r in read_csv(tmp_path / "lr" / "log.csv")]
     assert lrs == pytest.approx([0.01, 0.01, 0.005, 0.005])
 
 
 def test_validation_is_logged(tmp_path, scenes):
-    cfg = config(tmp_path / "val", 2, **{"run.validate_every": 2, "run.val_resize": 96, "run.val_ks": "[5]",
-                                         "run.export": "''", "model.freeze_blocks": -1})
+    cfg = config(
+        tmp_path / "val",
+        2,
+        **{
+            "run.validate_every": 2,
+            "run.val_resize": 96,
+            "run.val_ks": "[5]",
+            "run.export": "''",
+            "model.freeze_blocks": -1,
+        },
+    )
     train(cfg, scenes[:3], [scenes[3]])
     rows = read_csv(tmp_path / "val" / "val.csv")
     assert {r["scene"] for r in rows} == {"val_a", "mean"} and {r["gt"] for r in rows} == {"co:0.5", "ct:0.2"}
@@ -128,13 +150,31 @@ def test_train_cli(tmp_path, scenes, capsys):
     cfg = tmp_path / "train.yaml"
     splits = tmp_path / "splits.yaml"
     splits.write_text("train: ['synth_*']\nvalidation: [val_a]\n")
-    cfg.write_text(f"data: {{root: {scenes[0].parent}, splits: {splits}, columns: 3, num_workers: 0}}\n"
-                   "augment: {size: 64}\nmodel: {freeze_blocks: -1}\n"
-                   "run: {validate_every: 0, progress: false, threads: 1, val_resize: 64}\n")
-    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "cli"), "--steps", "1",
-                 "--set", "run.export_whitening=true", "--set", "run.whitening_dim=32"]) == 0
+    cfg.write_text(
+        f"data: {{root: {scenes[0].parent}, splits: {splits}, columns: 3, num_workers: 0}}\n"
+        "augment: {size: 64}\nmodel: {freeze_blocks: -1}\n"
+        "run: {validate_every: 0, progress: false, threads: 1, val_resize: 64}\n"
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(cfg),
+                "--out",
+                str(tmp_path / "cli"),
+                "--steps",
+                "1",
+                "--set",
+                "run.export_whitening=true",
+                "--set",
+                "run.whitening_dim=32",
+            ]
+        )
+        == 0
+    )
     assert "trained to step 1" in capsys.readouterr().out
-    model = load_model(tmp_path / "cli" / "weights.pt")     # whitening fitted on the training scenes
+    model = load_model(tmp_path / "cli" / "weights.pt")  # whitening fitted on the training scenes
     assert model.whitening is not None and model.whitening.dim == 32
     assert sorted(model.meta["train_scenes"]) == ["synth_a", "synth_b", "synth_c"]
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
@@ -143,8 +183,10 @@ def test_train_cli(tmp_path, scenes, capsys):
 
 def test_evaluate_cli(tmp_path, scenes, capsys):
     out = tmp_path / "report.json"
-    assert main(["evaluate", str(scenes[3]), "--weights", "imagenet", "--resize", "96", "-k", "5", "10",
-                 "-o", str(out)]) == 0
+    assert (
+        main(["evaluate", str(scenes[3]), "--weights", "imagenet", "--resize", "96", "-k", "5", "10", "-o", str(out)])
+        == 0
+    )
     table = capsys.readouterr().out
     assert "val_a" in table and "co:0.5" in table
     report = json.loads(out.read_text())
@@ -154,18 +196,36 @@ def test_evaluate_cli(tmp_path, scenes, capsys):
         for key in ("mAP@5", "AP@5", "mAP@10", "AP@10"):
             assert 0.0 <= res[spec][key] <= 1.0
     # no re-ranking, another GT
-    assert main(["evaluate", str(scenes[3]), "--weights", "imagenet", "--resize", "96", "--rerank", "none",
-                 "--gt", "mo:0.3"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(scenes[3]),
+                "--weights",
+                "imagenet",
+                "--resize",
+                "96",
+                "--rerank",
+                "none",
+                "--gt",
+                "mo:0.3",
+            ]
+        )
+        == 0
+    )
     assert "mo:0.3" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["evaluate"], "no scene to evaluate"),
-    (["evaluate", "/nonexistent/scene"], "scene folder not found: /nonexistent/scene"),
-    (["evaluate", "SCENE", "--gt", "co"], "ground truth must be 'criterion:threshold'"),
-    (["evaluate", "SCENE", "--gt", "xx:0.5"], "ground truth must be 'criterion:threshold'"),
-    (["evaluate", "SCENE", "--weights", "/no/such.pt"], "model weights not found"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate"], "no scene to evaluate"),
+        (["evaluate", "/nonexistent/scene"], "scene folder not found: /nonexistent/scene"),
+        (["evaluate", "SCENE", "--gt", "co"], "ground truth must be 'criterion:threshold'"),
+        (["evaluate", "SCENE", "--gt", "xx:0.5"], "ground truth must be 'criterion:threshold'"),
+        (["evaluate", "SCENE", "--weights", "/no/such.pt"], "model weights not found"),
+    ],
+)
 def test_evaluate_cli_errors(argv, message, scenes, capsys):
     argv = [str(scenes[3]) if a == "SCENE" else a for a in argv]
     assert main(argv) == 2

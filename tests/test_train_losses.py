@@ -1,11 +1,20 @@
 """MIRorR losses (eqs. 5-8) against values worked out by hand."""
+
 import math
 
 import pytest
 import torch
 
-from mirror_sfm.train.losses import (LossOptions, batched_loss, distance, hardest_negatives, mask_to_map,
-                                     mask_triplet_loss, masked_descriptors, triplet_loss)
+from mirror_sfm.train.losses import (
+    LossOptions,
+    batched_loss,
+    distance,
+    hardest_negatives,
+    mask_to_map,
+    mask_triplet_loss,
+    masked_descriptors,
+    triplet_loss,
+)
 
 R2 = math.sqrt(2.0)
 
@@ -35,7 +44,7 @@ def test_distance_is_euclidean_or_squared():
 
 def test_triplet_loss_eq5():
     assert triplet_loss(A, P, N, margin=1.0).item() == pytest.approx(1 - R2 + 1)
-    assert triplet_loss(A, P, N, margin=0.3).item() == 0.0                       # margin met: no loss
+    assert triplet_loss(A, P, N, margin=0.3).item() == 0.0  # margin met: no loss
     assert triplet_loss(A, P, N, margin=1.5, squared=True).item() == pytest.approx(1 - 2 + 1.5)
 
 
@@ -48,7 +57,7 @@ def test_triplet_loss_anchor_swap_eq6():
 
 
 def test_mask_triplet_loss_eq7():
-    am, pm = unit(0)[None], unit(10)[None]                 # masked descriptors 2 sin 5 apart
+    am, pm = unit(0)[None], unit(10)[None]  # masked descriptors 2 sin 5 apart
     expected = (2 * math.sin(math.radians(5)) - 0.1) + 0.5 * (1 - D_PN + 1)
     assert mask_triplet_loss(A, P, N, am, pm, margin=1.0, beta=0.1, lam=0.5).item() == pytest.approx(expected)
     # masked descriptors within beta of each other: only the (weighted) triplet part remains
@@ -100,7 +109,7 @@ def test_batched_loss_anchor_swap():
     _, swap = batched_loss(batch, options=LossOptions(use_masks=False, anchor_swap=True))
     # column 0: D(a,s) = sqrt2; nearest negative of a0 = e1 is sqrt2, of s0 = e2 is d
     easy0_no_swap, easy0_swap = R2 + 1 - R2, R2 + 1 - d
-    easy1 = R2 + 1 - min(R2, d)   # a1 = e3 vs column 0 (sqrt2), s1 = near vs s0/w0 = e2 (d)
+    easy1 = R2 + 1 - min(R2, d)  # a1 = e3 vs column 0 (sqrt2), s1 = near vs s0/w0 = e2 (d)
     assert no_swap["easy"].item() == pytest.approx((easy0_no_swap + (R2 + 1 - R2)) / 2)
     assert swap["easy"].item() == pytest.approx((easy0_swap + easy1) / 2)
 
@@ -108,7 +117,7 @@ def test_batched_loss_anchor_swap():
 def test_batched_loss_mask_term():
     am = torch.stack([unit(0, 4), e(0)])
     sm = torch.stack([unit(10, 4), e(1)])
-    valid = torch.tensor([True, False])      # column 1's masks were empty: no mask term there
+    valid = torch.tensor([True, False])  # column 1's masks were empty: no mask term there
     loss, terms = batched_loss(BATCH, {"strong": (am, sm, valid)}, LossOptions())
     mask0 = 2 * math.sin(math.radians(5)) - 0.1
     easy = (0.5 * 1 + mask0 + 0.5 * (R2 + 1)) / 2
@@ -126,8 +135,10 @@ def test_batched_loss_matches_a_loop():
     total = 0.0
     for i in range(5):
         negs = [x[r, j] for r in range(3) for j in range(5) if j != i]
-        def n(u, v):
+
+        def n(u, v, negs=negs):
             return min(min((u - q).norm().item(), (v - q).norm().item()) for q in negs)
+
         das, daw = (x[0, i] - x[1, i]).norm().item(), (x[0, i] - x[2, i]).norm().item()
         total += max(0, das + 1 - n(x[0, i], x[1, i])) + max(0, daw + 0.5 - n(x[0, i], x[2, i]))
         total += max(0, das + 0.5 - daw)
@@ -147,11 +158,11 @@ def test_batched_loss_has_gradients_and_checks_shape():
 
 def test_masked_descriptors_pool_only_inside_the_mask():
     fmap = torch.zeros(1, 2, 4, 4)
-    fmap[0, 0, 0, 0] = 5.0      # channel 0 peaks outside the mask
-    fmap[0, 1, 3, 3] = 1.0      # channel 1 inside
+    fmap[0, 0, 0, 0] = 5.0  # channel 0 peaks outside the mask
+    fmap[0, 1, 3, 3] = 1.0  # channel 1 inside
     fmap[0, 0, 3, 3] = 1.0
     mask = torch.zeros(1, 32, 32, dtype=torch.bool)
-    mask[0, 16:, 16:] = True    # the bottom-right quarter = feature cells (2..3, 2..3)
+    mask[0, 16:, 16:] = True  # the bottom-right quarter = feature cells (2..3, 2..3)
     cells = mask_to_map(mask, (4, 4))
     assert cells[0].sum() == 4 and cells[0, 3, 3] and not cells[0, 0, 0]
     desc, valid = masked_descriptors(fmap, mask)

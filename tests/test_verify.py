@@ -1,4 +1,5 @@
 """Verified pairs: COLMAP's SIFT matching rule in torch, read-only databases, geometric re-ranking, the CLI."""
+
 import hashlib
 import shutil
 
@@ -24,8 +25,7 @@ def _sift_database(path, image_dir, names=None, max_features=1024):
     opts.sift.max_num_features = max_features
     opts.num_threads = 2
     kwargs = {"image_names": names} if names is not None else {}
-    pycolmap.extract_features(str(path), str(image_dir), extraction_options=opts, device=pycolmap.Device.cpu,
-                              **kwargs)
+    pycolmap.extract_features(str(path), str(image_dir), extraction_options=opts, device=pycolmap.Device.cpu, **kwargs)
     return path
 
 
@@ -74,9 +74,26 @@ def test_pairs_database_is_read_only_and_nothing_extracted(tmp_path, fixture_dat
     before = _digest(fixture_database)
     files_before = sorted(p.name for p in fixture_database.parent.iterdir())
     out = tmp_path / "pairs.txt"
-    rc = main(["pairs", str(FIXTURE), "-o", str(out), "-k", "3", "--shortlist", "6", "--weights", "imagenet",
-               "--verify-features", "300",
-               "--database", str(fixture_database), "--scores", str(tmp_path / "scores.txt")])
+    rc = main(
+        [
+            "pairs",
+            str(FIXTURE),
+            "-o",
+            str(out),
+            "-k",
+            "3",
+            "--shortlist",
+            "6",
+            "--weights",
+            "imagenet",
+            "--verify-features",
+            "300",
+            "--database",
+            str(fixture_database),
+            "--scores",
+            str(tmp_path / "scores.txt"),
+        ]
+    )
     assert rc == 0
     assert _digest(fixture_database) == before
     assert sorted(p.name for p in fixture_database.parent.iterdir()) == files_before  # no -wal / -shm left beside it
@@ -97,8 +114,9 @@ def test_pairs_database_is_read_only_and_nothing_extracted(tmp_path, fixture_dat
 def test_database_lacking_an_image_is_one_clear_error(tmp_path, capsys):
     names = sorted(p.name for p in FIXTURE.iterdir())
     database = _sift_database(tmp_path / "partial.db", FIXTURE, names=names[:-1])
-    rc = main(["pairs", str(FIXTURE), "-o", str(tmp_path / "pairs.txt"), "--weights", "imagenet",
-               "--database", str(database)])
+    rc = main(
+        ["pairs", str(FIXTURE), "-o", str(tmp_path / "pairs.txt"), "--weights", "imagenet", "--database", str(database)]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0
     assert len(err) == 1 and names[-1] in err[0] and str(database) in err[0]
@@ -109,13 +127,15 @@ def test_database_lacking_an_image_is_one_clear_error(tmp_path, capsys):
 def test_verify_none_reproduces_the_cnn_ranking(tmp_path, imagenet_model):
     out = tmp_path / "pairs.txt"
     options = PairsOptions(verify=VerifyOptions(method="none"))
-    generate_pairs(FIXTURE, out, num_matched=5, options=options, model=imagenet_model,
-                   scores_output=tmp_path / "scores.txt")
+    generate_pairs(
+        FIXTURE, out, num_matched=5, options=options, model=imagenet_model, scores_output=tmp_path / "scores.txt"
+    )
     expected = (EXPECTED / "pairs-prmac-k5-scores.txt").read_text().splitlines()
     got = (tmp_path / "scores.txt").read_text().splitlines()
     assert [line.split()[:2] for line in got] == [line.split()[:2] for line in expected]
-    assert np.allclose([float(line.split()[2]) for line in got], [float(line.split()[2]) for line in expected],
-                       atol=1e-3)
+    assert np.allclose(
+        [float(line.split()[2]) for line in got], [float(line.split()[2]) for line in expected], atol=1e-3
+    )
     assert not (tmp_path / "pairs-sift.db").exists()
 
 
@@ -126,8 +146,14 @@ def test_image_without_features_scores_zero(tmp_path, imagenet_model):
         shutil.copy(FIXTURE / name, images / name)
     Image.new("RGB", (320, 240), (128, 128, 128)).save(images / "blank.jpg")  # no SIFT feature at all
     scores_file = tmp_path / "scores.txt"
-    pairs = generate_pairs(images, tmp_path / "pairs.txt", num_matched=3, model=imagenet_model,
-                           options=PairsOptions(verify=VerifyOptions(shortlist=5)), scores_output=scores_file)
+    pairs = generate_pairs(
+        images,
+        tmp_path / "pairs.txt",
+        num_matched=3,
+        model=imagenet_model,
+        options=PairsOptions(verify=VerifyOptions(shortlist=5)),
+        scores_output=scores_file,
+    )
     assert len(pairs) == 6 * 3
     rows = [line.split() for line in scores_file.read_text().splitlines()]
     assert all(int(r[3]) == 0 for r in rows if "blank.jpg" in r[:2])

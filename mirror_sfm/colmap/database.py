@@ -1,4 +1,5 @@
 """COLMAP database helpers: which images and features it holds, pair counts, clearing matches, merging."""
+
 from __future__ import annotations
 
 import shutil
@@ -46,8 +47,11 @@ def merge_databases(parts: list[tuple[str, Path]], output: Path) -> Path:
                 merged = renamed
                 continue
             target = Path(work) / f"merged{i}.db"
-            with pycolmap.Database.open(str(merged)) as a, pycolmap.Database.open(str(renamed)) as b, \
-                    pycolmap.Database.open(str(target)) as m:
+            with (
+                pycolmap.Database.open(str(merged)) as a,
+                pycolmap.Database.open(str(renamed)) as b,
+                pycolmap.Database.open(str(target)) as m,
+            ):
                 pycolmap.Database.merge(a, b, m)
             merged = target
         if merged is None:

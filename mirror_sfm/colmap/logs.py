@@ -4,14 +4,15 @@ pycolmap logs through glog, which by default also copies every INFO line to stde
 reconstruction). Inside `colmap_log(out_dir)` glog writes INFO and above to ``OUT/colmap.log`` only; errors
 still reach stderr, and with `verbose` everything does. glog is process-wide: the settings are restored on exit.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pycolmap
 
@@ -39,14 +40,14 @@ def colmap_log(out_dir: str | Path, verbose: bool = False, name: str = LOG_NAME)
     glog.alsologtostderr = bool(verbose)
     glog.stderrthreshold = int(level.ERROR)
     glog.minloglevel = int(level.INFO)
-    for severity in (level.WARNING, level.ERROR, level.FATAL):   # the INFO file holds every severity
+    for severity in (level.WARNING, level.ERROR, level.FATAL):  # the INFO file holds every severity
         glog.set_log_destination(severity, "")
     glog.set_log_destination(level.INFO, str(out_dir / prefix))
     target = out_dir / name
     try:
         yield target
     finally:
-        glog.set_log_destination(level.INFO, "")   # closes (and flushes) glog's file
+        glog.set_log_destination(level.INFO, "")  # closes (and flushes) glog's file
         glog.logtostderr, glog.alsologtostderr, glog.stderrthreshold, glog.minloglevel = saved
         _gather(sorted(out_dir.glob(prefix + "*")), target)
 

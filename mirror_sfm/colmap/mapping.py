@@ -1,10 +1,12 @@
 """COLMAP mapping (incremental or global) of a matched database into OUT/sparse, and the models' statistics."""
+
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pycolmap
 from tqdm import tqdm
@@ -12,8 +14,9 @@ from tqdm import tqdm
 from .options import ReconstructionOptions
 
 
-def run_mapping(database: Path, image_dir: Path, out_dir: Path, options: ReconstructionOptions,
-                num_images: int | None = None) -> dict[int, Any]:
+def run_mapping(
+    database: Path, image_dir: Path, out_dir: Path, options: ReconstructionOptions, num_images: int | None = None
+) -> dict[int, Any]:
     """Map into `out_dir/sparse/<k>`; the previous `sparse` folder is replaced only on success.
 
     Incremental mapping shows a bar of registered images (out of `num_images`, when given).
@@ -34,8 +37,9 @@ def run_mapping(database: Path, image_dir: Path, out_dir: Path, options: Reconst
             opts.num_threads = options.num_threads
             opts.random_seed = options.mapper_seed
             with tqdm(total=num_images, desc="mapping", unit="img", leave=False) as bar:
-                models = pycolmap.incremental_mapping(str(database), str(image_dir), str(tmp), options=opts,
-                                                      next_image_callback=lambda: bar.update(1))
+                models = pycolmap.incremental_mapping(
+                    str(database), str(image_dir), str(tmp), options=opts, next_image_callback=lambda: bar.update(1)
+                )
         final = out_dir / "sparse"
         if final.exists():
             shutil.rmtree(final)
@@ -64,9 +68,14 @@ def model_stats(models: dict[int, Any]) -> dict:
     best = largest_model(models)
     if best is None:
         return {
-            "model": None, "registered": 0, "registered_any_model": 0, "num_models": 0, "sparse_points": 0,
+            "model": None,
+            "registered": 0,
+            "registered_any_model": 0,
+            "num_models": 0,
+            "sparse_points": 0,
             "observations": 0,
-            "mean_track_length": None, "mean_reprojection_error": None,
+            "mean_track_length": None,
+            "mean_reprojection_error": None,
         }
     rec = models[best]
     return {

@@ -1,4 +1,5 @@
 """COLMAP matching and two-view verification of a pair set: an imported pair file, exhaustive or sequential."""
+
 from __future__ import annotations
 
 from pathlib import Path

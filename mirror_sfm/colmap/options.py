@@ -1,9 +1,10 @@
 """The settings of a COLMAP run (`ReconstructionOptions`) and the pycolmap option objects built from them."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import pycolmap
 

@@ -1,4 +1,5 @@
 """SIFT into a COLMAP database: which images are usable, extraction, and a database resumed or started afresh."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,11 @@ def check_readable(image_dir: Path, names: list[str]) -> tuple[list[str], list[s
     readable, skipped = [], []
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         reasons = pool.map(_unreadable_reason, paths)
-        for name, path, reason in zip(names, paths, tqdm(reasons, total=len(names), desc="checking images",
-                                                         unit="img", leave=False, disable=len(names) < 100)):
+        for name, path, reason in zip(
+            names,
+            paths,
+            tqdm(reasons, total=len(names), desc="checking images", unit="img", leave=False, disable=len(names) < 100),
+        ):
             if reason is None:
                 readable.append(name)
             else:
@@ -143,8 +147,9 @@ def _reusable(database: Path, sidecar: Path, names: list[str], key: dict) -> boo
             return False
     extra = set(database_images(database)) - set(names)
     if extra:
-        logger.info("%s holds %d image(s) not in this run (e.g. %s); extracting again",
-                    database, len(extra), sorted(extra)[0])
+        logger.info(
+            "%s holds %d image(s) not in this run (e.g. %s); extracting again", database, len(extra), sorted(extra)[0]
+        )
         return False
     return True
 

@@ -2,6 +2,7 @@
 
 Building a tree is `mirror_sfm.vocabtree`; this module only uses one.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ A crop is a box in normalised image coordinates [0, 1]^2, so it applies unchange
 resolution, JPEG draft decoding included) and to a mask grid stretched over the whole image (GL3D's
 convention): output pixel (u, v) samples image point x0 + (u + 0.5) / S (x1 - x0), the same point in both.
 """
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 A kill at any moment leaves either the previous checkpoint or the new one, never a partial file; a
 resumed run continues from the saved step with the same batches (they are a function of seed and step).
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,15 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "mirror_sfm-train-1"
 
 
-def save_checkpoint(path: str | Path, step: int, model: torch.nn.Module, optimizer, scheduler,
-                    config: dict, scenes: list[str] | None = None) -> None:
+def save_checkpoint(
+    path: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    config: dict,
+    scenes: list[str] | None = None,
+) -> None:
     state = {
         "format": CHECKPOINT_FORMAT,
         "step": step,
@@ -35,8 +43,14 @@ def save_checkpoint(path: str | Path, step: int, model: torch.nn.Module, optimiz
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, scheduler, config: dict | None = None,
-                    scenes: list[str] | None = None) -> int:
+def load_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    config: dict | None = None,
+    scenes: list[str] | None = None,
+) -> int:
     """Restore everything saved by `save_checkpoint`; returns the step. Warns when the config or the training
     scenes differ (labels written since: the batches drawn from here on differ from the first run's)."""
     path = Path(path)
@@ -48,12 +62,17 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, schedul
     if state.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     if config is not None and state.get("config") != config:
-        changed = sorted(f"{s}.{k}" for s in config for k in config[s]
-                         if state.get("config", {}).get(s, {}).get(k) != config[s][k])
+        changed = sorted(
+            f"{s}.{k}" for s in config for k in config[s] if state.get("config", {}).get(s, {}).get(k) != config[s][k]
+        )
         logger.warning("resuming %s with changed options: %s", path, ", ".join(changed) or "(layout)")
     if scenes is not None and state.get("scenes") and sorted(state["scenes"]) != sorted(scenes):
         added = sorted(set(scenes) - set(state["scenes"]))
         removed = sorted(set(state["scenes"]) - set(scenes))
-        logger.warning("resuming %s with other training scenes (added: %s; removed: %s)", path,
-                       ", ".join(added) or "none", ", ".join(removed) or "none")
+        logger.warning(
+            "resuming %s with other training scenes (added: %s; removed: %s)",
+            path,
+            ", ".join(added) or "none",
+            ", ".join(removed) or "none",
+        )
     return int(state["step"])

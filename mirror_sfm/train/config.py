@@ -1,4 +1,5 @@
 """Training configuration: one dataclass per YAML section (data, augment, loss, model, optim, run)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,9 +52,9 @@ class RunOptions:
     steps: int = 100000
     seed: int = 0
     device: str = "auto"
-    threads: int = 0                     # torch CPU threads (0: torch's default)
+    threads: int = 0  # torch CPU threads (0: torch's default)
     checkpoint_every: int = 500
-    log_every: int = 1                   # CSV rows every N steps
+    log_every: int = 1  # CSV rows every N steps
     validate_every: int = 5000
     val_resize: int = 384
     val_ks: tuple[int, ...] = (10, 20)
@@ -102,8 +103,10 @@ def update_config(config: TrainConfig, data: dict, source: str = "config") -> Tr
     """Set the sections' fields from a nested dict; unknown sections or keys are errors."""
     for section, values in (data or {}).items():
         if not hasattr(config, section):
-            raise MirrorError(f"{source}: unknown section {section!r} "
-                              f"(sections: {', '.join(f.name for f in dataclasses.fields(config))})")
+            raise MirrorError(
+                f"{source}: unknown section {section!r} "
+                f"(sections: {', '.join(f.name for f in dataclasses.fields(config))})"
+            )
         obj = getattr(config, section)
         if not isinstance(values, dict):
             raise MirrorError(f"{source}: section {section!r} must be a mapping")

@@ -9,6 +9,7 @@ flipped with it. Real and synthetic (``synth_*``) scenes are mixed at a set rati
 A batch is a pure function of (seed, step): resuming at step t draws exactly the batches an
 uninterrupted run would have, whatever the number of loader workers.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -48,12 +49,13 @@ class DataOptions:
 
 # ----------------------------------------------------------------------------- labelled scenes
 
+
 @dataclass
 class Positive:
     j: int
     co: float
-    mask: str | None = None         # PNG over the anchor of what j sees (relative to the scene folder)
-    mask_other: str | None = None   # PNG over j of what the anchor sees
+    mask: str | None = None  # PNG over the anchor of what j sees (relative to the scene folder)
+    mask_other: str | None = None  # PNG over j of what the anchor sees
 
 
 @dataclass
@@ -71,7 +73,7 @@ class LabelledScene:
     root: Path
     image_dir: Path
     names: list[str]
-    anchors: list[AnchorLabels]          # anchors with at least one strong and one weak positive
+    anchors: list[AnchorLabels]  # anchors with at least one strong and one weak positive
     mask_bin: Path | None = None
     mask_bin_size: int = MASK_SIZE
     synthetic: bool = False
@@ -117,21 +119,32 @@ def load_scene(path: str | Path, name: str | None = None) -> LabelledScene:
     masks = manifest.get("masks") or {}
     mask_bin = scene_dir / masks["bin"] if masks.get("bin") else None
     if mask_bin is not None and not mask_bin.is_file():
-        logger.warning("%s: mask file %s is missing; mask terms off for pairs without PNG masks", manifest_path, mask_bin)
+        logger.warning(
+            "%s: mask file %s is missing; mask terms off for pairs without PNG masks", manifest_path, mask_bin
+        )
         mask_bin = None
 
     def positives(entries) -> list[Positive]:
         return [Positive(int(p["j"]), float(p["co"]), p.get("mask"), p.get("mask_other")) for p in entries]
 
-    anchors = [AnchorLabels(int(a["index"]), positives(a["strong"]), positives(a["weak"]))
-               for a in manifest["anchors"]]
+    anchors = [AnchorLabels(int(a["index"]), positives(a["strong"]), positives(a["weak"])) for a in manifest["anchors"]]
     usable = [a for a in anchors if a.strong and a.weak]
     name = name or scene_dir.name
-    return LabelledScene(name, scene_dir, scene_image_dir(scene_dir), names, usable, mask_bin,
-                         int(masks.get("bin_size") or MASK_SIZE), name.startswith(SYNTHETIC_PREFIX), len(anchors))
+    return LabelledScene(
+        name,
+        scene_dir,
+        scene_image_dir(scene_dir),
+        names,
+        usable,
+        mask_bin,
+        int(masks.get("bin_size") or MASK_SIZE),
+        name.startswith(SYNTHETIC_PREFIX),
+        len(anchors),
+    )
 
 
 # ----------------------------------------------------------------------------- splits
+
 
 def read_splits(path: str | Path) -> dict[str, list[str]]:
     """splits.yaml: {split name: [scene names or globs]}, plus optional `groups`: lists of scenes (e.g. the
@@ -168,8 +181,10 @@ def split_scenes(root: str | Path, splits_path: str | Path, split: str) -> list[
     for group in splits.get("groups", []):
         found = {membership[s] for s in group if s in membership}
         if len(found) > 1:
-            raise MirrorError(f"{splits_path}: scenes {', '.join(group)} hold the same photos but are split across "
-                              f"{', '.join(sorted(found))}")
+            raise MirrorError(
+                f"{splits_path}: scenes {', '.join(group)} hold the same photos but are split across "
+                f"{', '.join(sorted(found))}"
+            )
     missing = [p for p in splits[split] if not any(ch in p for ch in "*?[") and p not in available]
     if missing:
         logger.info("split %r: not labelled yet under %s: %s", split, root, ", ".join(missing))
@@ -177,6 +192,7 @@ def split_scenes(root: str | Path, splits_path: str | Path, split: str) -> list[
 
 
 # ----------------------------------------------------------------------------- batches
+
 
 class TripletBatches(Dataset):
     """Item `step` = the training batch of that step (a dict of tensors, see `make_batch`)."""
@@ -191,15 +207,21 @@ class TripletBatches(Dataset):
         if n < 2:
             raise MirrorError(f"a batch needs at least 2 columns (scenes), got {n}")
         if len(self.scenes) < n:
-            raise MirrorError(f"a batch of {n} columns needs {n} distinct training scenes with anchors, "
-                              f"found {len(self.scenes)} ({', '.join(s.name for s in self.scenes) or 'none'})")
+            raise MirrorError(
+                f"a batch of {n} columns needs {n} distinct training scenes with anchors, "
+                f"found {len(self.scenes)} ({', '.join(s.name for s in self.scenes) or 'none'})"
+            )
         self.real = [k for k, s in enumerate(self.scenes) if not s.synthetic]
         self.synth = [k for k, s in enumerate(self.scenes) if s.synthetic]
-        logger.info("training scenes: %d real, %d synthetic; %d anchors", len(self.real), len(self.synth),
-                    sum(len(s.anchors) for s in self.scenes))
+        logger.info(
+            "training scenes: %d real, %d synthetic; %d anchors",
+            len(self.real),
+            len(self.synth),
+            sum(len(s.anchors) for s in self.scenes),
+        )
 
     def __len__(self) -> int:
-        return 2 ** 62
+        return 2**62
 
     def choose_scenes(self, rng: np.random.Generator) -> list[int]:
         """N_b distinct scenes: about `real_fraction` of them real, within what each kind can supply."""
@@ -247,13 +269,24 @@ class TripletBatches(Dataset):
                 masks[col, 2 * p + 1] = crop_mask(pm[1], crops[row], size)
                 valid[col, p] = True
             names.append(scene.name)
-        return {"images": images, "masks": masks, "mask_valid": valid, "indices": indices, "scenes": names,
-                "step": step}
+        return {
+            "images": images,
+            "masks": masks,
+            "mask_valid": valid,
+            "indices": indices,
+            "scenes": names,
+            "step": step,
+        }
 
 
 def load_scenes(paths: list[Path]) -> list[LabelledScene]:
     scenes = [load_scene(p) for p in paths]
     for s in scenes:
-        logger.info("scene %s: %d images, %d of %d anchors have strong and weak positives", s.name, len(s.names),
-                    len(s.anchors), s.num_listed_anchors)
+        logger.info(
+            "scene %s: %d images, %d of %d anchors have strong and weak positives",
+            s.name,
+            len(s.names),
+            len(s.anchors),
+            s.num_listed_anchors,
+        )
     return scenes

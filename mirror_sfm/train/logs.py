@@ -1,5 +1,6 @@
 """Training logs: CSV files (one row per logged step) that a resumed run continues without duplicates,
 and optional TensorBoard scalars."""
+
 from __future__ import annotations
 
 import csv
@@ -40,6 +41,7 @@ def _fmt(v):
 
 def _rows_text(rows: list[dict], fields: list[str]) -> str:
     import io
+
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     for r in rows:
@@ -60,6 +62,7 @@ class TensorBoard:
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self.writer = SummaryWriter(str(log_dir))
             except Exception as exc:  # tensorboard not installed
                 logger.warning("TensorBoard logging off: %s", exc)

@@ -4,13 +4,14 @@ OUT/ receives checkpoints/last.pt (every `checkpoint_every` steps, atomic; a re-
 log.csv (loss terms, learning rate, step and data times), val.csv (mAP on the validation scenes every
 `validate_every` steps) and finally the fp16 weights file that `load_model` reads.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -28,8 +29,20 @@ from .losses import batched_loss, masked_descriptors
 
 logger = logging.getLogger(__name__)
 
-LOG_FIELDS = ["step", "loss", "easy", "weak", "hard", "mask", "d_pos", "d_neg", "rank_ok", "lr", "step_time",
-              "data_time"]
+LOG_FIELDS = [
+    "step",
+    "loss",
+    "easy",
+    "weak",
+    "hard",
+    "mask",
+    "d_pos",
+    "d_neg",
+    "rank_ok",
+    "lr",
+    "step_time",
+    "data_time",
+]
 VAL_FIELDS = ["step", "scene", "gt", "queries", "metric", "value"]
 TRAIN_POOLINGS = ("mac", "gem")
 
@@ -44,6 +57,7 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- model set-up
+
 
 def build_model(options: ModelOptions) -> RetrievalModel:
     """Backbone from ImageNet or a weights file, with the training pooling (saved with the weights, so the model is
@@ -86,7 +100,7 @@ def batch_loss(model: RetrievalModel, batch: dict, config: TrainConfig, device: 
     images = batch["images"].to(device, non_blocking=True)
     r, n = images.shape[:2]
     fmap = model(images.flatten(0, 1))
-    desc = model.describe_map(fmap)[0].reshape(r, n, -1)   # the descriptor extraction serves
+    desc = model.describe_map(fmap)[0].reshape(r, n, -1)  # the descriptor extraction serves
     masked = None
     if config.loss.use_masks:
         fm = fmap.reshape(r, n, *fmap.shape[1:])
@@ -104,6 +118,7 @@ def batch_loss(model: RetrievalModel, batch: dict, config: TrainConfig, device: 
 
 # ----------------------------------------------------------------------------- validation / export
 
+
 def validate(model: RetrievalModel, scene_dirs: list[Path], config: TrainConfig, device: torch.device) -> dict:
     """Retrieval mAP on the validation scenes (real extraction + retrieval code path)."""
     from ..extract import ExtractionOptions
@@ -111,10 +126,12 @@ def validate(model: RetrievalModel, scene_dirs: list[Path], config: TrainConfig,
     from ..scene_eval import EvaluationOptions, evaluate_scenes
 
     run = config.run
-    options = EvaluationOptions(gt=tuple(run.val_gt), ks=tuple(run.val_ks),
-                                extraction=ExtractionOptions(resize=run.val_resize, pooling="model",
-                                                             device=str(device), num_workers=0),
-                                retrieval=RetrievalOptions(rerank=run.val_rerank))
+    options = EvaluationOptions(
+        gt=tuple(run.val_gt),
+        ks=tuple(run.val_ks),
+        extraction=ExtractionOptions(resize=run.val_resize, pooling="model", device=str(device), num_workers=0),
+        retrieval=RetrievalOptions(rerank=run.val_rerank),
+    )
     model.eval()
     try:
         return evaluate_scenes(scene_dirs, options, model)
@@ -132,8 +149,7 @@ def fit_training_whitening(model: RetrievalModel, scene_dirs: list[Path], config
     from ..whitening import fit_pca_whitening
 
     vectors = []
-    opts = ExtractionOptions(resize=config.run.val_resize, pooling="model", device=str(device),
-                             num_workers=0)
+    opts = ExtractionOptions(resize=config.run.val_resize, pooling="model", device=str(device), num_workers=0)
     model.eval()
     with tempfile.TemporaryDirectory(prefix="mirror_whiten_") as tmp:
         for d in scene_dirs:
@@ -144,15 +160,22 @@ def fit_training_whitening(model: RetrievalModel, scene_dirs: list[Path], config
             _, _, reg = read_descriptors(h5, names, regional=True)
             vectors.append(reg.reshape(-1, reg.shape[-1]).astype("float32"))
     import numpy as np
+
     model.whitening = fit_pca_whitening(np.concatenate(vectors), config.run.whitening_dim)
-    logger.info("PCA whitening to %d-d fitted on %d regional vectors", model.whitening.dim,
-                sum(len(v) for v in vectors))
+    logger.info(
+        "PCA whitening to %d-d fitted on %d regional vectors", model.whitening.dim, sum(len(v) for v in vectors)
+    )
 
 
 # ----------------------------------------------------------------------------- loop
 
-def train(config: TrainConfig, train_scenes: list[Path] | None = None, val_scenes: list[Path] | None = None,
-          callback: Callable[[int, dict], None] | None = None) -> TrainResult:
+
+def train(
+    config: TrainConfig,
+    train_scenes: list[Path] | None = None,
+    val_scenes: list[Path] | None = None,
+    callback: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
     """Train until `config.run.steps`, resuming from OUT/checkpoints/last.pt when it exists.
 
     `train_scenes` / `val_scenes` default to the splits file's train / validation scenes under data.root.
@@ -178,13 +201,16 @@ def _train(config: TrainConfig, out: Path, train_scenes, val_scenes, callback) -
     if train_scenes is None:
         train_scenes = split_scenes(config.data.root, config.data.splits, config.data.train_split)
     if val_scenes is None:
-        val_scenes = (split_scenes(config.data.root, config.data.splits, config.data.val_split)
-                      if run.validate_every > 0 else [])
+        val_scenes = (
+            split_scenes(config.data.root, config.data.splits, config.data.val_split) if run.validate_every > 0 else []
+        )
         if run.validate_every > 0 and not val_scenes:
             logger.info("no labelled validation scene under %s: validation off", config.data.root)
     if not train_scenes:
-        raise MirrorError(f"no labelled training scene under {config.data.root} (split {config.data.train_split!r} "
-                          f"of {config.data.splits}): write labels with gtgen first")
+        raise MirrorError(
+            f"no labelled training scene under {config.data.root} (split {config.data.train_split!r} "
+            f"of {config.data.splits}): write labels with gtgen first"
+        )
     dataset = TripletBatches(load_scenes(list(train_scenes)), config.data, config.augment, run.seed)
     scene_names = [s.name for s in dataset.scenes]
 
@@ -201,16 +227,29 @@ def _train(config: TrainConfig, out: Path, train_scenes, val_scenes, callback) -
         step = load_checkpoint(ckpt, model, optimizer, scheduler, config.to_dict(), scene_names)
         logger.info("resuming from %s at step %d", ckpt, step)
     resumed_from = step
-    logger.info("training %s on %s: %d trainable parameters, %d scenes, %d columns x 3 rows at %d px, steps %d -> %d",
-                model.backbone.info.name, device, trainable, len(dataset.scenes), config.data.columns,
-                config.augment.size, step, run.steps)
+    logger.info(
+        "training %s on %s: %d trainable parameters, %d scenes, %d columns x 3 rows at %d px, steps %d -> %d",
+        model.backbone.info.name,
+        device,
+        trainable,
+        len(dataset.scenes),
+        config.data.columns,
+        config.augment.size,
+        step,
+        run.steps,
+    )
 
     log = CSVLog(out / "log.csv", LOG_FIELDS, step)
     val_log = CSVLog(out / "val.csv", VAL_FIELDS, step)
     tb = TensorBoard(out / "tensorboard", run.tensorboard)
-    loader = DataLoader(dataset, batch_size=None, sampler=range(step, max(step, run.steps)),
-                        num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=range(step, max(step, run.steps)),
+        num_workers=config.data.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
     set_train_mode(model, config.model.freeze_bn)
     terms_out: dict = {}
     try:
@@ -253,9 +292,13 @@ def _train(config: TrainConfig, out: Path, train_scenes, val_scenes, callback) -
         if run.export_whitening:
             fit_training_whitening(model, list(train_scenes), config, device)
         weights = out / run.export
-        model.meta = {"name": f"{model.backbone.info.name}-mirror-{Path(run.out).name}", "trained_steps": step,
-                      "train_scenes": [Path(p).name for p in train_scenes], "pooling": model.pooling,
-                      "train_size": config.augment.size}
+        model.meta = {
+            "name": f"{model.backbone.info.name}-mirror-{Path(run.out).name}",
+            "trained_steps": step,
+            "train_scenes": [Path(p).name for p in train_scenes],
+            "pooling": model.pooling,
+            "train_size": config.augment.size,
+        }
         save_weights(model.cpu(), weights)
         logger.info("weights (fp16) -> %s", weights)
     return TrainResult(out, step, weights, terms_out, resumed_from)
@@ -267,9 +310,20 @@ def _log_validation(report: dict, step: int, val_log: CSVLog, tb: TensorBoard) -
             for metric, value in res.items():
                 if metric in ("queries", "scenes"):
                     continue
-                val_log.write({"step": step, "scene": s["scene"], "gt": spec,
-                               "queries": res.get("queries", res.get("scenes")), "metric": metric, "value": value})
+                val_log.write(
+                    {
+                        "step": step,
+                        "scene": s["scene"],
+                        "gt": spec,
+                        "queries": res.get("queries", res.get("scenes")),
+                        "metric": metric,
+                        "value": value,
+                    }
+                )
                 if s["scene"] == "mean":
                     tb.scalars(step, {f"val/{spec}/{metric}": value})
-    logger.info("step %d validation: %s", step, {spec: {k: round(v, 4) for k, v in r.items() if k != "scenes"}
-                                                 for spec, r in report["mean"].items()})
+    logger.info(
+        "step %d validation: %s",
+        step,
+        {spec: {k: round(v, 4) for k, v in r.items() if k != "scenes"} for spec, r in report["mean"].items()},
+    )

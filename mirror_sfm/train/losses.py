@@ -4,6 +4,7 @@ Distance: D(x, y) = ||x - y||_2, the Euclidean distance between L2-normalised de
 `squared=True` uses ||x - y||^2 instead. [z]_+ = max(z, 0). Every function returns per-item losses or
 their mean, and the batched loss also its terms, so the training log can show each.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,18 +16,18 @@ import torch
 class LossOptions:
     """Margins and weights of the batched mask triplet loss (defaults: the paper's values)."""
 
-    margin_easy: float = 1.0     # alpha of anchor-strong vs the batch's negatives
-    margin_weak: float = 0.5     # alpha of anchor-weak vs the batch's negatives
-    margin_hard: float = 0.5     # alpha of anchor-strong vs anchor-weak (strong ranks above weak)
-    lambda_weak: float = 1.0     # lambda_1 of eq. 8
-    lambda_hard: float = 1.0     # lambda_2 of eq. 8
-    use_masks: bool = True       # eq. 7 (mask term) instead of eq. 6 for anchor-positive pairs
-    mask_pairs: tuple[str, ...] = ("strong",)   # which pairs get the mask term: strong and/or weak
-    beta: float = 0.1            # eq. 7: masked-descriptor distance tolerated for free
-    mask_lambda: float = 0.5     # eq. 7: lambda, weight of the triplet part when the mask term is on
-    anchor_swap: bool = True     # eq. 6: nearest negative of the anchor *or* of the positive
-    mining: str = "hardest"      # hardest: the nearest in-batch negative; all: mean hinge over every negative
-    squared: bool = False        # squared Euclidean distance instead of the plain one
+    margin_easy: float = 1.0  # alpha of anchor-strong vs the batch's negatives
+    margin_weak: float = 0.5  # alpha of anchor-weak vs the batch's negatives
+    margin_hard: float = 0.5  # alpha of anchor-strong vs anchor-weak (strong ranks above weak)
+    lambda_weak: float = 1.0  # lambda_1 of eq. 8
+    lambda_hard: float = 1.0  # lambda_2 of eq. 8
+    use_masks: bool = True  # eq. 7 (mask term) instead of eq. 6 for anchor-positive pairs
+    mask_pairs: tuple[str, ...] = ("strong",)  # which pairs get the mask term: strong and/or weak
+    beta: float = 0.1  # eq. 7: masked-descriptor distance tolerated for free
+    mask_lambda: float = 0.5  # eq. 7: lambda, weight of the triplet part when the mask term is on
+    anchor_swap: bool = True  # eq. 6: nearest negative of the anchor *or* of the positive
+    mining: str = "hardest"  # hardest: the nearest in-batch negative; all: mean hinge over every negative
+    squared: bool = False  # squared Euclidean distance instead of the plain one
 
 
 def distance(x: torch.Tensor, y: torch.Tensor, squared: bool = False, eps: float = 1e-12) -> torch.Tensor:
@@ -50,8 +51,15 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
-def triplet_loss(a: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float = 1.0, swap: bool = False,
-                 squared: bool = False, reduction: str = "mean") -> torch.Tensor:
+def triplet_loss(
+    a: torch.Tensor,
+    p: torch.Tensor,
+    n: torch.Tensor,
+    margin: float = 1.0,
+    swap: bool = False,
+    squared: bool = False,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Eq. 5: L = [D(a, p) - D(a, n) + alpha]_+ ; with `swap` (eq. 6): L = [D(a, p) - min(D(a, n), D(p, n)) + alpha]_+.
 
     a, p, n: (B, D) descriptors of anchors, positives and negatives.
@@ -62,9 +70,18 @@ def triplet_loss(a: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: floa
     return _reduce((distance(a, p, squared) - neg + margin).clamp_min(0), reduction)
 
 
-def mask_triplet_loss(a: torch.Tensor, p: torch.Tensor, n: torch.Tensor, a_masked: torch.Tensor,
-                      p_masked: torch.Tensor, margin: float = 1.0, beta: float = 0.1, lam: float = 0.5,
-                      squared: bool = False, reduction: str = "mean") -> torch.Tensor:
+def mask_triplet_loss(
+    a: torch.Tensor,
+    p: torch.Tensor,
+    n: torch.Tensor,
+    a_masked: torch.Tensor,
+    p_masked: torch.Tensor,
+    margin: float = 1.0,
+    beta: float = 0.1,
+    lam: float = 0.5,
+    squared: bool = False,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Eq. 7: L = [D*_+ - beta]_+ + lambda [D_+ + alpha - min(D_-, D'_-)]_+
 
     D*_+ = D(a_masked, p_masked): the anchor's and the positive's descriptors MAC-pooled only over the cells
@@ -86,8 +103,9 @@ def hardest_negatives(desc: torch.Tensor, squared: bool = False) -> torch.Tensor
     return dist.masked_fill(same, float("inf")).amin(dim=1).reshape(r, n)
 
 
-def _mean_hinge(desc: torch.Tensor, row_x: int, row_y: int, d_pos: torch.Tensor, margin: float,
-                o: LossOptions) -> torch.Tensor:
+def _mean_hinge(
+    desc: torch.Tensor, row_x: int, row_y: int, d_pos: torch.Tensor, margin: float, o: LossOptions
+) -> torch.Tensor:
     """(N,): per column i, the mean over the 3(N-1) images e of other columns of
     [D(x_i, y_i) + alpha - min(D(x_i, e), D(y_i, e))]_+ (only D(x_i, e) without anchor swap)."""
     r, n, d = desc.shape
@@ -100,8 +118,9 @@ def _mean_hinge(desc: torch.Tensor, row_x: int, row_y: int, d_pos: torch.Tensor,
     return hinge.sum(dim=1) / other.sum(dim=1)
 
 
-def batched_loss(desc: torch.Tensor, masked: dict | None = None,
-                 options: LossOptions | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def batched_loss(
+    desc: torch.Tensor, masked: dict | None = None, options: LossOptions | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 8 on a (3, N, D) batch: row 0 anchors a_i, row 1 strong positives s_i, row 2 weak positives w_i;
     every column is another scene, so any image of column j != i is a negative of column i.
 
@@ -163,11 +182,16 @@ def batched_loss(desc: torch.Tensor, masked: dict | None = None,
     easy_m, weak_m, hard_m = easy.mean(), weak.mean(), hard.mean()
     loss = easy_m + o.lambda_weak * weak_m + o.lambda_hard * hard_m
     n_as = neg(0, 1)
-    terms = {"easy": easy_m.detach(), "weak": weak_m.detach(), "hard": hard_m.detach(),
-             "mask": mask_parts.mean().detach(),
-             # monitoring: mean D(a, s), mean nearest-negative distance, share of columns ranked right
-             "d_pos": d_as.mean().detach(), "d_neg": n_as.mean().detach(),
-             "rank_ok": (d_as < n_as).to(desc.dtype).mean().detach()}
+    terms = {
+        "easy": easy_m.detach(),
+        "weak": weak_m.detach(),
+        "hard": hard_m.detach(),
+        "mask": mask_parts.mean().detach(),
+        # monitoring: mean D(a, s), mean nearest-negative distance, share of columns ranked right
+        "d_pos": d_as.mean().detach(),
+        "d_neg": n_as.mean().detach(),
+        "rank_ok": (d_as < n_as).to(desc.dtype).mean().detach(),
+    }
     return loss, terms
 
 
@@ -178,8 +202,9 @@ def mask_to_map(mask: torch.Tensor, size: tuple[int, int], min_fraction: float =
     return frac > 0 if min_fraction <= 0 else frac >= min_fraction
 
 
-def masked_descriptors(fmap: torch.Tensor, mask: torch.Tensor, min_fraction: float = 0.5
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_descriptors(
+    fmap: torch.Tensor, mask: torch.Tensor, min_fraction: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised MAC of `fmap` (B, C, h, w) over `mask` (B, H, W) and whether the mask kept any cell (B,)."""
     from ..pooling import l2n, masked_mac
 
