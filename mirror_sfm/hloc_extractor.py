@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .extract import describe_maps
 from .images import resized_size
 from .model import load_model
 
@@ -64,12 +63,13 @@ except ImportError:
 class MirrorSfM(BaseModel):
     """Global (MAC, GeM or R-MAC) and regional descriptors of mirror_sfm's retrieval network.
 
-    conf: `weights` ('default', 'imagenet' or a weights file, as `--weights`), `pooling` (mac | gem | rmac),
+    conf: `weights` ('default', 'imagenet' or a weights file, as `--weights`), `pooling` (model: the weights'
+    own, MAC for ImageNet | mac | gem | rmac),
     `regional` (also return the R-MAC regional vectors), `resize` (long side in px the image is resized to
     here; 0: as given, e.g. when hloc's preprocessing already resized it).
     """
 
-    default_conf: dict[str, Any] = {"weights": "default", "pooling": "mac", "regional": True, "resize": 0}
+    default_conf: dict[str, Any] = {"weights": "default", "pooling": "model", "regional": True, "resize": 0}
     required_inputs = ["image"]
 
     def _init(self, conf: dict[str, Any]) -> None:
@@ -89,16 +89,17 @@ class MirrorSfM(BaseModel):
             image = nn.functional.interpolate(
                 image, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
             )
-        glob, regional = describe_maps(self.net(image), self.conf["pooling"], bool(self.conf["regional"]))
+        pooling = None if self.conf["pooling"] == "model" else self.conf["pooling"]
+        glob, regional = self.net.describe(image, regional=bool(self.conf["regional"]), pooling=pooling)
         out = {"global_descriptor": glob}
         if regional is not None:
             out["regional_descriptors"] = regional
         return out
 
 
-# hloc extract_features configuration with mirror_sfm's extraction defaults (384 px long side, MAC).
+# hloc extract_features configuration with mirror_sfm's extraction defaults (384 px long side, the model's pooling).
 HLOC_CONF: dict[str, Any] = {
     "output": "global-feats-mirror_sfm",
-    "model": {"name": "mirror_sfm", "weights": "default", "pooling": "mac", "regional": True},
+    "model": {"name": "mirror_sfm", "weights": "default", "pooling": "model", "regional": True},
     "preprocessing": {"resize_max": 384, "resize_force": True, "grayscale": False},
 }

@@ -69,7 +69,7 @@ def test_without_config_the_dataclass_defaults_apply(tmp_path, fake_pairs):
     "text, expected",
     [
         ("nonsense: 1\n", "unknown option 'nonsense'"),
-        ("pooling: max\n", "'pooling' must be one of mac, gem, rmac"),
+        ("pooling: max\n", "'pooling' must be one of model, mac, gem, rmac"),
         ("resize: big\n", "bad value for 'resize'"),
         ("- 1\n", "expected 'option: value' lines"),
         ("config: x.yaml\n", "unknown option 'config'"),
@@ -96,7 +96,9 @@ def test_shipped_pairs_config_holds_the_defaults(tmp_path, fake_pairs):
 
 def test_reconstruct_config_and_output_spellings(tmp_path, monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr("mirror_sfm.colmap.reconstruct", lambda images, out, options: seen.append((out, options)) or {})
+    monkeypatch.setattr(
+        "mirror_sfm.colmap.reconstruct", lambda images, out, options, verbose=False: seen.append((out, options)) or {}
+    )
     conf = tmp_path / "c.yaml"
     conf.write_text("num-matched: 4\nmax-image-size: 800\nverify: none\n")
     assert cli.main(["reconstruct", str(tmp_path), str(tmp_path / "a"), "--config", str(conf)]) == 0

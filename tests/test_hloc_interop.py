@@ -148,7 +148,7 @@ def test_hloc_extractor_matches_mirror_sfm_extract(images, tmp_path, imagenet_mo
     result = extract(images, tmp_path / "f.h5", model=imagenet_model, image_names=[name])
     _, glob, regional = read_descriptors(result.path, [name], regional=True)
     model = MirrorSfM({"weights": "imagenet"}).eval()
-    assert model.conf["pooling"] == "mac" and model.required_inputs == ["image"]
+    assert model.conf["pooling"] == "model" and model.net.pooling == "mac" and model.required_inputs == ["image"]
     rgb, _ = decode_image(images / name, 384)  # as mirror_sfm (and hloc's resize_max=384) resizes
     image = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div(255)[None]
     with torch.no_grad():
