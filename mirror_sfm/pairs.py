@@ -142,7 +142,7 @@ def resolve_num_matched(options: PairsOptions, num_matched: int | None) -> Pairs
     return options
 
 
-def _foreign_descriptors(
+def foreign_descriptors(
     features: Path, names: list[str], options: PairsOptions
 ) -> tuple[np.ndarray, np.ndarray | None, PairsOptions]:
     """Descriptors of `names` from a file mirror_sfm did not write (e.g. hloc's global-feats; read, never
@@ -211,7 +211,7 @@ def generate_pairs(
             db.check_names(names)
     skipped: dict[str, str] = {}
     if features_io.is_foreign(features):
-        glob, regional, options = _foreign_descriptors(features, names, options)
+        glob, regional, options = foreign_descriptors(features, names, options)
         model = None
     else:
         model = model or load_model(options.extraction.weights)

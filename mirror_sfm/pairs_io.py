@@ -37,6 +37,8 @@ def _format_score(score) -> str:
     if isinstance(score, tuple):
         cnn, geometric = score
         return f"{cnn:.6f} {-1 if geometric is None else int(geometric)}"
+    if isinstance(score, int):  # a geometric score alone (inliers)
+        return str(score)
     return f"{score:.6f}"
 
 

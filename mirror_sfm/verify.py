@@ -222,3 +222,44 @@ def light_sift_database(
         )
         extract_sift(database, Path(image_dir), missing, sift)
     return database
+
+
+def main(
+    shortlist: str | Path,
+    database: str | Path,
+    output: str | Path,
+    num_matched: int = 20,
+    options: VerifyOptions | None = None,
+    scores_output: str | Path | None = None,
+    work_database: str | Path | None = None,
+) -> list[Pair]:
+    """Step: a shortlist pair file (each query's candidates in CNN order, e.g. from `pairs_from_retrieval.main` at
+    depth N) + a COLMAP database with SIFT for its images -> the pair file of each query's top `num_matched` by
+    geometric score (failed pairs last, ties in shortlist order), written atomically; returns the pairs.
+
+    `database` is only read; verification matches into `work_database` (default `output` + `-verify.db`; keep it to
+    resume). `scores_output`: `name1 name2 inliers` lines (0: failed verification).
+    """
+    from .io_utils import check_writable
+    from .pairs_io import read_pairs, write_pairs
+
+    if num_matched < 1:
+        raise MirrorError(f"num_matched must be >= 1, got {num_matched}")
+    output = Path(output)
+    check_writable(output)
+    if scores_output:
+        check_writable(Path(scores_output))
+    candidates = read_pairs(shortlist)
+    rank: dict[str, int] = {}
+    order = []
+    for q, _ in candidates:
+        order.append(rank.get(q, 0))
+        rank[q] = rank.get(q, 0) + 1
+    work = Path(work_database) if work_database else output.with_name(output.stem + "-verify.db")
+    geometric = verify_pairs(database, candidates, options, work_database=work)
+    pairs, _, geo = rerank_by_geometry(candidates, [-float(r) for r in order], geometric, num_matched)
+    write_pairs(output, pairs)
+    if scores_output:
+        write_pairs(scores_output, pairs, [int(g) for g in geo])
+    logger.info("verified %d candidate pairs of %s: %d pairs -> %s", len(geometric), shortlist, len(pairs), output)
+    return pairs

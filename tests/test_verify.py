@@ -227,3 +227,41 @@ def test_locked_database_is_one_clear_error(tmp_path, fixture_database):
         writer.close()
     with FeatureDatabase(copy) as db:  # readable again once the writer is done
         assert len(db.image_ids) == 12
+
+
+def test_steps_hand_each_other_files_and_match_generate_pairs(tmp_path, fixture_database, imagenet_model):
+    """extract -> pairs_from_retrieval.main -> verify.main (hloc-style steps, files between them) gives the pairs
+    of `generate_pairs` (which chains the same steps in memory), and the fast mode's file alone gives --verify none."""
+    from mirror_sfm import pairs_from_retrieval
+    from mirror_sfm import verify as verify_step
+    from mirror_sfm.extract import extract
+
+    feats = tmp_path / "global-feats.h5"
+    extract(FIXTURE, feats, model=imagenet_model)
+    fast = pairs_from_retrieval.main(feats, tmp_path / "fast.txt", 5, scores_output=tmp_path / "fast-scores.txt")
+    expected = (EXPECTED / "pairs-prmac-k5-scores.txt").read_text().splitlines()
+    assert [list(p) for p in fast] == [line.split()[:2] for line in expected]
+
+    shortlist = pairs_from_retrieval.main(feats, tmp_path / "shortlist.txt", 6)
+    options = VerifyOptions(shortlist=6, num_features=300)
+    verified = verify_step.main(
+        tmp_path / "shortlist.txt",
+        fixture_database,
+        tmp_path / "verified.txt",
+        3,
+        options,
+        scores_output=tmp_path / "verified-scores.txt",
+    )
+    assert read_pairs(tmp_path / "verified.txt") == verified and len(verified) == 12 * 3
+    assert set(verified) <= set(shortlist)
+    composed = generate_pairs(
+        FIXTURE,
+        tmp_path / "composed.txt",
+        3,
+        options=PairsOptions(verify=options),
+        model=imagenet_model,
+        database=fixture_database,
+    )
+    assert verified == composed
+    inliers = [int(line.split()[2]) for line in (tmp_path / "verified-scores.txt").read_text().splitlines()]
+    assert len(inliers) == len(verified) and max(inliers) >= 15
