@@ -283,7 +283,7 @@ def verified_ranking(pairs, cnn, database: Path, args: argparse.Namespace, depth
     """Each query's CNN top --verify-shortlist re-ranked by SIFT inliers, then the rest of its CNN ranking."""
     from mirror_sfm.verify import VerifyOptions, rerank_by_geometry, verify_pairs
 
-    options = VerifyOptions(shortlist=args.verify_shortlist, num_features=args.verify_features)
+    options = VerifyOptions(shortlist=args.verify_shortlist, num_features=args.verify_features, score=args.verify_score)
     per_query: dict[str, list[int]] = {}
     for i, (q, _) in enumerate(pairs):
         per_query.setdefault(q, []).append(i)
@@ -637,6 +637,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     g.add_argument("--verify-shortlist", type=int, default=30)
     g.add_argument("--verify-features", type=int, default=1024)
+    g.add_argument(
+        "--verify-score",
+        choices=["effective", "inliers"],
+        default="effective",
+        help="order of verified candidates: effective inliers (grid cells) or the inlier count",
+    )
     g = p.add_argument_group("--method vocabtree (and the SIFT of --verify sift)")
     g.add_argument(
         "--vocab-tree",

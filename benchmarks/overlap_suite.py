@@ -5,7 +5,8 @@
 Methods (each an `overlap_map.py` run over all the given scenes, per scene, never pooled):
   cnn            CNN global descriptor alone (--rerank none), the fast mode without PR-MAC
   prmac          CNN + PR-MAC re-ranking (`pairs --verify none`, the fast mode)
-  verified@N     CNN + PR-MAC, top N re-ranked by SIFT inliers (`pairs`' default at N = 30)
+  verified@N     CNN + PR-MAC, top N re-ranked by verification (`pairs`' default at N = 30); verified@N:F with the
+                 first F features instead of --verify-features; a -inliers / -effective suffix picks the score
   vocabtree      COLMAP's vocab tree, a tree never trained on the scene (two folds, below)
   vocabtree-sv   the same, top 100 spatially verified (COLMAP's num_images_after_verification), all features
   vocabtree-sv@F the same with the first F features per image (F = 1024: the features verified@N uses)
@@ -108,21 +109,12 @@ def run(method: str, labels: list[Path], args: argparse.Namespace, template: Pat
         extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "none"]
     elif method == "prmac":
         extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "prmac"]
-    elif method.startswith("verified@"):
-        extra = [
-            "--method",
-            "retrieval",
-            "--weights",
-            args.weights,
-            "--rerank",
-            "prmac",
-            "--verify",
-            "sift",
-            "--verify-shortlist",
-            method.split("@")[1],
-            "--verify-features",
-            str(args.verify_features),
-        ]
+    elif method.startswith("verified@"):  # verified@N[:F][-effective|-inliers]: first F features, score
+        spec, _, score = method.split("@")[1].partition("-")
+        shortlist, _, features = spec.partition(":")
+        extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "prmac", "--verify", "sift"]
+        extra += ["--verify-shortlist", shortlist, "--verify-features", features or str(args.verify_features)]
+        extra += ["--verify-score", score] if score else []
     else:
         extra = ["--method", "vocabtree", "--vocab-tree", str(template)]
         if method.startswith("vocabtree-sv"):

@@ -35,6 +35,8 @@ from .working_database import working_database
 logger = logging.getLogger(__name__)
 
 VERIFY_METHODS = ("sift", "none")
+SCORES = ("effective", "inliers")
+GRID = 32  # cells per image side for effective inliers (COLMAP's vote-and-verify uses 32 x 32)
 DEVICES = {"auto": pycolmap.Device.auto, "cpu": pycolmap.Device.cpu, "cuda": pycolmap.Device.cuda}
 FAILED_CONFIGS = {
     int(pycolmap.TwoViewGeometryConfiguration.UNDEFINED),
@@ -57,6 +59,9 @@ class VerifyOptions:
         num_threads: COLMAP matching and verification threads (-1: all cores).
         device: auto: COLMAP's CUDA matcher where pycolmap has CUDA | cpu | cuda.
         seed: RANSAC seed, so a re-run gives the same scores.
+        score: what orders a query's verified candidates: effective (COLMAP's effective inliers: cells of a
+            32 x 32 grid holding an inlier, the smaller count of the two images, so it grows with the shared
+            area) | inliers (the inlier count).
     """
 
     method: str = "sift"
@@ -68,8 +73,11 @@ class VerifyOptions:
     num_threads: int = -1
     device: str = "auto"
     seed: int = 0
+    score: str = "effective"
 
     def validate(self) -> None:
+        if self.score not in SCORES:
+            raise MirrorError(f"verification score must be one of {', '.join(SCORES)}; got {self.score!r}")
         if self.method not in VERIFY_METHODS:
             raise MirrorError(f"verify must be one of {', '.join(VERIFY_METHODS)}; got {self.method!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -162,24 +170,47 @@ def verify_pairs(
     finally:
         pair_file.unlink(missing_ok=True)
     with pycolmap.Database.open(str(work)) as db:
-        names = {img.image_id: img.name for img in db.read_all_images()}
+        images = {int(img.image_id): img for img in db.read_all_images()}
         pair_ids, geometries = db.read_two_view_geometries()
-    for pair_id, geometry in zip(pair_ids, geometries):
-        a, b = (names[int(i)] for i in pycolmap.pair_id_to_image_pair(int(pair_id)))
-        key = _pair_key(a, b)
-        if key in scores:
-            scores[key] = geometric_score(geometry, options.min_num_inliers)
+        cells = _GridCells(db, images) if options.score == "effective" else None
+        for pair_id, geometry in zip(pair_ids, geometries):
+            ids = [int(i) for i in pycolmap.pair_id_to_image_pair(int(pair_id))]
+            key = _pair_key(images[ids[0]].name, images[ids[1]].name)
+            if key in scores:
+                scores[key] = geometric_score(geometry, options.min_num_inliers, cells, ids)
     return scores
 
 
-def geometric_score(geometry, min_num_inliers: int) -> int:
-    """Inlier matches of COLMAP's two-view geometry; 0 when COLMAP would drop the pair."""
+class _GridCells:
+    """Grid cell of every keypoint of the working database's images (read once per image, on first use)."""
+
+    def __init__(self, db, images: dict):
+        self.db, self.images, self.cache = db, images, {}
+        self.cameras = {int(c.camera_id): c for c in db.read_all_cameras()}
+
+    def __call__(self, image_id: int):
+        import numpy as np
+
+        if image_id not in self.cache:
+            camera = self.cameras[int(self.images[image_id].camera_id)]
+            xy = np.asarray(self.db.read_keypoints(image_id))[:, :2]
+            cx = np.clip((xy[:, 0] / max(camera.width, 1) * GRID).astype(int), 0, GRID - 1)
+            cy = np.clip((xy[:, 1] / max(camera.height, 1) * GRID).astype(int), 0, GRID - 1)
+            self.cache[image_id] = cy * GRID + cx
+        return self.cache[image_id]
+
+
+def geometric_score(geometry, min_num_inliers: int, cells: _GridCells | None = None, ids=None) -> int:
+    """0 when COLMAP would drop the pair (failed, degenerate or too few inliers); else its inlier count, or with
+    `cells` its effective inliers: grid cells holding an inlier, the smaller count of the two images."""
     if geometry is None:
         return 0
-    inliers = len(geometry.inlier_matches)
-    if int(geometry.config) in FAILED_CONFIGS or inliers < min_num_inliers:
+    matches = geometry.inlier_matches
+    if int(geometry.config) in FAILED_CONFIGS or len(matches) < min_num_inliers:
         return 0
-    return inliers
+    if cells is None:
+        return len(matches)
+    return int(min(len(set(cells(ids[0])[matches[:, 0]])), len(set(cells(ids[1])[matches[:, 1]]))))
 
 
 def rerank_by_geometry(

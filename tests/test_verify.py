@@ -55,11 +55,38 @@ def test_verification_ranks_true_neighbour_above_unrelated_image(tmp_path, fixtu
     # the CNN (here: made up) prefers the unrelated image; geometry must overrule it
     candidates = [(query, "unrelated.jpg"), (query, neighbour)]
     scores = verify_pairs(database, candidates, VerifyOptions())
-    assert scores[(query, neighbour)] >= 15
-    assert scores[(query, "unrelated.jpg")] == 0
+    inliers = verify_pairs(database, candidates, VerifyOptions(score="inliers"))
+    assert inliers[(query, neighbour)] >= 15
+    assert 0 < scores[(query, neighbour)] <= inliers[(query, neighbour)]  # effective inliers: occupied grid cells
+    assert scores[(query, "unrelated.jpg")] == 0 == inliers[(query, "unrelated.jpg")]
     pairs, cnn, geo = rerank_by_geometry(candidates, [0.9, 0.5], scores, num_matched=2)
     assert pairs == [(query, neighbour), (query, "unrelated.jpg")]
     assert cnn == [0.5, 0.9] and geo[1] == 0
+
+
+def test_effective_inliers_count_the_area_the_inliers_cover():
+    """Many inliers on one spot count once; the same number spread over the image count once per grid cell."""
+    from types import SimpleNamespace
+
+    from mirror_sfm.verify import GRID, geometric_score
+
+    side = 640
+    spread = np.stack(np.meshgrid(np.arange(8), np.arange(8)), -1).reshape(-1, 2) * (side / 8) + 5.0
+    clump = np.full((64, 2), 100.0) + np.random.default_rng(0).uniform(0, 3, (64, 2))
+    keypoints = {1: spread, 2: clump}
+    cells = lambda image_id: (  # noqa: E731
+        (keypoints[image_id][:, 1] / side * GRID).astype(int) * GRID
+        + (keypoints[image_id][:, 0] / side * GRID).astype(int)
+    )
+    matches = np.stack([np.arange(64), np.arange(64)], 1)
+    good = SimpleNamespace(config=2, inlier_matches=matches)  # CALIBRATED
+    assert geometric_score(good, 15) == 64
+    assert geometric_score(good, 15, cells, [1, 1]) == 64  # spread over 64 cells
+    assert geometric_score(good, 15, cells, [1, 2]) == 1  # one side clumped in one cell: the smaller count
+    failed = SimpleNamespace(config=1, inlier_matches=matches)  # DEGENERATE
+    assert geometric_score(failed, 15, cells, [1, 1]) == 0
+    few = SimpleNamespace(config=2, inlier_matches=matches[:10])
+    assert geometric_score(few, 15, cells, [1, 1]) == 0
 
 
 def test_rerank_failed_pairs_keep_cnn_order_below_verified():
