@@ -636,7 +636,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "with the first --verify-features of the SIFT below (shared with --method vocabtree)",
     )
     g.add_argument("--verify-shortlist", type=int, default=30)
-    g.add_argument("--verify-features", type=int, default=1024)
+    g.add_argument("--verify-features", type=int, default=2048)  # pairs' default (VerifyOptions.num_features)
     g.add_argument(
         "--verify-score",
         choices=["effective", "inliers"],

@@ -9,7 +9,7 @@ Methods (each an `overlap_map.py` run over all the given scenes, per scene, neve
                  first F features instead of --verify-features; a -inliers / -effective suffix picks the score
   vocabtree      COLMAP's vocab tree, a tree never trained on the scene (two folds, below)
   vocabtree-sv   the same, top 100 spatially verified (COLMAP's num_images_after_verification), all features
-  vocabtree-sv@F the same with the first F features per image (F = 1024: the features verified@N uses)
+  vocabtree-sv@F the same with the first F features per image (F = 1024: COLMAP's middle preset)
 Two vocabulary trees (4,096 words) are trained on the SIFT of two halves of the scenes (scenes sharing photos, like
 statue_of_liberty and its 40-photo subset, stay in one half); each scene is ranked by the other half's tree.
 SIFT is extracted once per scene (2,048 features, 1,600 px, OUT/work/sift-<scene>; a label folder's own
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     p.add_argument("--weights", default="default")
-    p.add_argument("--verify-features", type=int, default=1024)
+    p.add_argument("--verify-features", type=int, default=2048, help="verified@N's features (pairs' default)")
     p.add_argument("--max-num-features", type=int, default=2048)
     p.add_argument("--max-image-size", type=int, default=1600)
     p.add_argument("--words", type=int, default=4096)

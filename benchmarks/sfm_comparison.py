@@ -611,7 +611,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--rerank", choices=["prmac", "none"], default="prmac")
     g.add_argument("--shortlist", type=int, default=100, help="PR-MAC re-ranking depth")
     g.add_argument("--verify-shortlist", type=int, default=30, help="retrieval-verified: CNN candidates verified")
-    g.add_argument("--verify-features", type=int, default=1024, help="retrieval-verified: SIFT features per image")
+    g.add_argument("--verify-features", type=int, default=2048, help="retrieval-verified: SIFT features per image")
     g.add_argument("--torch-device", default="auto", help="CNN device: auto | cpu | cuda")
     g = p.add_argument_group("COLMAP")
     g.add_argument("--max-image-size", type=int, default=1600)

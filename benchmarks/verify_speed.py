@@ -7,7 +7,7 @@ Each stage runs in its own process (so its peak RSS is its own) and reports wall
 1. `sift`: COLMAP SIFT extraction of the images at `reconstruct`'s defaults (8,192 features, 1,600 px), the
    database every later stage reads;
 2. `pairs`: the whole `mirror_sfm pairs IMAGES --database DB` (CNN description from scratch + verification of
-   the default shortlist with the default 1,024 features) — the target is ≤ 0.5× `sift`;
+   the default shortlist with the default 2,048 features) — the target is ≤ 0.5× `sift`;
 3. `grid`: verification alone (CNN descriptors cached; the working database made from scratch) for each
    shortlist N and feature count F;
 4. `match-full`: matching twice (verify the shortlist at F, then the K kept pairs at all features, as
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tree", type=Path, required=True, help="vocab tree made without this scene")
     p.add_argument("-k", type=int, default=20)
     p.add_argument("--shortlist", type=int, default=30)
-    p.add_argument("--features", type=int, default=1024)
+    p.add_argument("--features", type=int, default=2048)
     p.add_argument("--grid-shortlists", type=int, nargs="+", default=[20, 30, 50])
     p.add_argument("--grid-features", type=int, nargs="+", default=[512, 1024, 2048])
     p.add_argument(

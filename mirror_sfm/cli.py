@@ -29,7 +29,7 @@ from .errors import MirrorError
 from .extract import ExtractionOptions
 from .pairs import PairsOptions
 from .retrieval import RetrievalOptions
-from .verify import VERIFY_METHODS, VerifyOptions
+from .verify import SCORES, VERIFY_METHODS, VerifyOptions
 
 logger = logging.getLogger("mirror_sfm")
 
@@ -53,6 +53,7 @@ VERIFY_FLAGS = (
     Flag("method", ("--verify",), choices=VERIFY_METHODS),
     Flag("shortlist", ("--shortlist",), metavar="N"),
     Flag("num_features", ("--verify-features",), metavar="N"),
+    Flag("score", ("--verify-score",), choices=SCORES),
 )
 PAIRS_FLAGS = (
     Flag("sequential", ("--sequential",), metavar="W"),
@@ -103,7 +104,7 @@ def _add_verify_args(p: argparse.ArgumentParser, database: bool) -> None:
             metavar="DB",
             help="COLMAP database with SIFT for these images (colmap feature_extractor, "
             "pycolmap.extract_features): read-only, nothing is extracted. None: light SIFT "
-            "(1024 features, 1024 px) cached in OUTPUT-sift.db",
+            "(2048 features, 1024 px) cached in OUTPUT-sift.db",
         )
 
 

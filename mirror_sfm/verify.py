@@ -8,7 +8,7 @@ distance 0.7; then two-view geometry: E, F or H by RANSAC, 4 px) in a working da
 matches, 0 when COLMAP drops the pair (fewer than ``min_num_inliers`` inliers, or a degenerate geometry). Ranking
 per query: verified pairs first by score, then the others, ties broken by the CNN score.
 
-Features come from a COLMAP database, never written: the user's own, or a light one (≤ 1,024 features,
+Features come from a COLMAP database, never written: the user's own, or a light one (≤ 2,048 features,
 ≤ 1,024 px) extracted into a cache beside the output. Each unordered pair is verified once, in blocks (progress);
 COLMAP skips pairs already in the working database, so a killed run resumes. Memory is bounded by the shortlist.
 (A batched torch matcher with pycolmap's two-view estimation was measured too: 1.6× slower on 2 cores for the
@@ -66,10 +66,10 @@ class VerifyOptions:
 
     method: str = "sift"
     shortlist: int = 30
-    num_features: int = 1024
+    num_features: int = 2048
     min_num_inliers: int = 15
     sift_max_image_size: int = 1024
-    sift_max_num_features: int = 1024
+    sift_max_num_features: int = 2048
     num_threads: int = -1
     device: str = "auto"
     seed: int = 0
