@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("suite", type=Path, help="an overlap_suite.py --out folder")
     p.add_argument("--labels-root", type=Path, required=True, help="the labelled scene folders (ROOT/<scene>)")
+    p.add_argument("--verified", default="verified@{n}", help="the suite's verified method for shortlist n")
     args = p.parse_args(argv)
     lines = []
     for label, options in (("co", overlap_map.LabelOptions()), ("ct", overlap_map.LabelOptions(label="ct"))):
@@ -57,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             cells = []
             for n in DEPTHS:
                 recall, oracle = ceiling(ranked, gt.positives, n)
-                result = json.loads((args.suite / f"verified@{n}" / label / "overlap_map.json").read_text())
-                verified = result["scenes"][scene]["map"]["10"]["ap_at_k"] if "scenes" in result else float("nan")
-                cells.append(f"{recall:.3f} | {oracle:.3f} | {verified:.3f}")
+                path = args.suite / args.verified.format(n=n) / label / "overlap_map.json"
+                result = json.loads(path.read_text()) if path.is_file() else {}
+                verified = f"{result['scenes'][scene]['map']['10']['ap_at_k']:.3f}" if result else "–"
+                cells.append(f"{recall:.3f} | {oracle:.3f} | {verified}")
             lines.append(f"| {scene} | " + " | ".join(cells) + " |")
         lines.append("")
     text = "\n".join(lines)
