@@ -429,9 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--splits",
         type=Path,
-        default=Path("configs/splits.yaml"),
+        default=None,
         metavar="YAML",
-        help="scene splits, for --split (the source checkout's file, relative to the working folder)",
+        help="scene splits, for --split (None: configs/splits.yaml of the source checkout)",
     )
     p.add_argument(
         "--gt",

@@ -130,3 +130,16 @@ def test_shipped_splits_keep_statue_scenes_together():
     conf = yaml.safe_load((Path(__file__).parents[1] / "configs" / "splits.yaml").read_text())
     assert {"statue_of_liberty", "statue_of_liberty_40", "alexander"} <= set(conf["validation"])
     assert not set(conf["validation"]) & set(conf["train"])
+
+
+def test_no_splits_file_means_the_checkouts_own_from_any_folder(scene_root, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from mirror_sfm.train import data
+
+    monkeypatch.chdir(tmp_path)  # not the repository: a relative configs/ path would not be found
+    assert data.checkout_splits() == Path(__file__).resolve().parents[1] / "configs" / "splits.yaml"
+    assert split_scenes(scene_root, None, "validation") == []  # the shipped split names none of these scenes
+    monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages" / "mirror_sfm" / "train" / "data.py"))
+    with pytest.raises(MirrorError, match="give --splits FILE"):
+        split_scenes(scene_root, None, "validation")

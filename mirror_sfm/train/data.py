@@ -35,11 +35,11 @@ SYNTHETIC_PREFIX = "synth_"
 @dataclass
 class DataOptions:
     """`root`: folder of labelled scenes (one gtgen output folder each); `splits`: YAML naming the train and
-    validation scenes (globs allowed); `columns`: N_b, scenes per batch; `real_fraction`: expected share of
-    columns from real scenes (the rest synthetic, when both exist)."""
+    validation scenes (globs allowed; empty: the source checkout's configs/splits.yaml); `columns`: N_b, scenes per
+    batch; `real_fraction`: expected share of columns from real scenes (the rest synthetic, when both exist)."""
 
     root: str = "outputs/labels"
-    splits: str = "configs/splits.yaml"
+    splits: str = ""
     train_split: str = "train"
     val_split: str = "validation"
     columns: int = 4
@@ -158,13 +158,25 @@ def read_splits(path: str | Path) -> dict[str, list[str]]:
     return {k: list(v or []) for k, v in data.items()}
 
 
-def split_scenes(root: str | Path, splits_path: str | Path, split: str) -> list[Path]:
+def checkout_splits() -> Path:
+    """configs/splits.yaml of the source checkout this package runs from (not part of an installed wheel)."""
+    path = Path(__file__).resolve().parents[2] / "configs" / "splits.yaml"
+    if not path.is_file():
+        raise MirrorError(
+            "no splits file given and this installation has no configs/splits.yaml (it comes with the source "
+            "checkout): give --splits FILE (data.splits in a training config)"
+        )
+    return path
+
+
+def split_scenes(root: str | Path, splits_path: str | Path | None, split: str) -> list[Path]:
     """Folders under `root` with a triplets.json that the split names (exact names or globs), sorted.
 
     Named scenes that are not labelled yet are logged and skipped; a scene matched by two splits, or a
     group split across two, is an error.
     """
     root = Path(root)
+    splits_path = splits_path or checkout_splits()
     splits = read_splits(splits_path)
     if split not in splits:
         raise MirrorError(f"{splits_path}: no split {split!r} (have: {', '.join(k for k in splits if k != 'groups')})")
