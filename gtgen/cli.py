@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from mirror_sfm import __version__
-from mirror_sfm.cli_options import HelpFormatter, add_verbosity, log_level
+from mirror_sfm.cli_options import command_parser, log_level, main_parser
 from mirror_sfm.console import add_stderr_handler, run_command
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.io_utils import check_writable
@@ -55,19 +55,6 @@ def _installed(module: str) -> bool:
 def _output_arg(p: argparse.ArgumentParser, help: str) -> None:
     """-o/--output (and --out, the older spelling) into `args.out`."""
     p.add_argument("-o", "--output", "--out", dest="out", type=Path, required=True, metavar="OUT", help=help)
-
-
-def _command(sub, name: str, summary: str, description: str, examples: str) -> argparse.ArgumentParser:
-    """A subcommand parser with a description, an example epilog, -v/-q, and defaults shown in its help."""
-    p = sub.add_parser(
-        name,
-        help=summary,
-        description=f"{summary}.\n\n{description}".rstrip(),
-        epilog="example:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()),
-        formatter_class=HelpFormatter,
-    )
-    add_verbosity(p, top=False)
-    return p
 
 
 def _grid_size(text: str) -> tuple[int, int]:
@@ -182,7 +169,7 @@ def _add_synth_parser(sub) -> None:
     from .synthetic import PATHS, PROCEDURAL, UP_AXES, SynthOptions
 
     d = SynthOptions()
-    p = _command(
+    p = command_parser(
         sub,
         "synth",
         "render views of a textured mesh + the true COLMAP model (images/, sparse/, mesh.ply)",
@@ -267,7 +254,7 @@ def _add_mesh_parsers(sub) -> None:
     from .meshing import METHODS, MeshingOptions
 
     d = MeshingOptions()
-    p = _command(
+    p = command_parser(
         sub,
         "mesh",
         "a triangle mesh in the reconstruction's frame (sparse points + Poisson on CPU, dense MVS with CUDA)",
@@ -307,7 +294,7 @@ def _add_mesh_parsers(sub) -> None:
     p.set_defaults(func=cmd_mesh)
 
     a = AlignOptions()
-    p = _command(
+    p = command_parser(
         sub,
         "align",
         "fit a mesh given in its own frame to the reconstruction (scaled ICP) and "
@@ -353,18 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .overlap import OverlapOptions
 
     d = OverlapOptions()
-    parser = argparse.ArgumentParser(
-        prog="gtgen",
-        formatter_class=HelpFormatter,
-        description="GL3D-style overlap ground truth (MIRorR) from a reconstruction and its mesh.",
-        epilog="example:\n  gtgen overlap --sparse scene/sparse/0 --mesh scene/mesh.ply -o outputs/labels/scene\n\n"
-        "'gtgen COMMAND --help' lists each command's options.",
+    parser, sub = main_parser(
+        "gtgen",
+        f"gtgen (mirror_sfm) {__version__}",
+        "GL3D-style overlap ground truth (MIRorR) from a reconstruction and its mesh.",
+        "gtgen overlap --sparse scene/sparse/0 --mesh scene/mesh.ply -o outputs/labels/scene",
     )
-    parser.add_argument("--version", action="version", version=f"gtgen (mirror_sfm) {__version__}")
-    add_verbosity(parser, top=True)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = _command(
+    p = command_parser(
         sub,
         "overlap",
         "mesh overlap, common tracks, masks and positives -> GL3D files + manifest",
@@ -429,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_triplet_args(p)
     p.set_defaults(func=cmd_overlap)
 
-    p = _command(
+    p = command_parser(
         sub,
         "triplets",
         "re-select positives from an existing geolabel folder (ours or GL3D's)",

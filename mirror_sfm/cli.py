@@ -16,10 +16,10 @@ from pathlib import Path
 from . import __version__
 from .cli_options import (
     Flag,
-    HelpFormatter,
     add_flags,
-    add_verbosity,
+    command_parser,
     log_level,
+    main_parser,
     options_from_args,
     parse_with_config,
 )
@@ -260,33 +260,16 @@ def cmd_evaluate(args) -> None:
         write_text_atomic(args.output, json.dumps(report, indent=1) + "\n")
 
 
-def _command(sub, name: str, summary: str, description: str, examples: str) -> argparse.ArgumentParser:
-    """A subcommand parser with a description, an example epilog, -v/-q, and defaults shown in its help."""
-    p = sub.add_parser(
-        name,
-        help=summary,
-        description=f"{summary}.\n\n{description}".rstrip(),
-        epilog="example:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()),
-        formatter_class=HelpFormatter,
-    )
-    add_verbosity(p, top=False)
-    return p
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mirror_sfm",
-        formatter_class=HelpFormatter,
-        description="Matchable image retrieval for Structure-from-Motion: COLMAP/hloc pair files ranked by a CNN "
+    parser, sub = main_parser(
+        "mirror_sfm",
+        f"mirror_sfm {__version__}",
+        "Matchable image retrieval for Structure-from-Motion: COLMAP/hloc pair files ranked by a CNN "
         "that learnt which images share surface (MIRorR).",
-        epilog="example:\n  mirror_sfm pairs images/ -o pairs.txt -k 20\n  mirror_sfm reconstruct images/ out/\n\n"
-        "'mirror_sfm COMMAND --help' lists each command's options.",
+        "mirror_sfm pairs images/ -o pairs.txt -k 20\nmirror_sfm reconstruct images/ out/",
     )
-    parser.add_argument("--version", action="version", version=f"mirror_sfm {__version__}")
-    add_verbosity(parser, top=True)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = _command(
+    p = command_parser(
         sub,
         "extract",
         "describe a folder of images into an h5 file (resumable)",
@@ -299,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extraction_args(p)
     p.set_defaults(func=cmd_extract)
 
-    p = _command(
+    p = command_parser(
         sub,
         "pairs",
         "write a COLMAP/hloc pair file by matchable-image retrieval",
@@ -333,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify_args(p, database=True)
     p.set_defaults(func=cmd_pairs)
 
-    p = _command(
+    p = command_parser(
         sub,
         "whiten",
         "fit PCA whitening on a descriptor file and save it with the weights",
@@ -347,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="new weights file (.pt)")
     p.set_defaults(func=cmd_whiten)
 
-    p = _command(
+    p = command_parser(
         sub,
         "match",
         "match the pairs of a pair file into a COLMAP database (pycolmap)",
@@ -358,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=Path, required=True, metavar="FILE", help="pair file, 'name1 name2' a line")
     p.set_defaults(func=cmd_match)
 
-    p = _command(
+    p = command_parser(
         sub,
         "reconstruct",
         "SIFT, matching on a pair set, incremental mapping, stats.json",
@@ -384,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify_args(p, database=False)
     p.set_defaults(func=cmd_reconstruct)
 
-    p = _command(
+    p = command_parser(
         sub,
         "train",
         "fine-tune the network on gtgen labels (batched mask triplet loss; resumable)",
@@ -408,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one option (repeatable)")
     p.set_defaults(func=cmd_train)
 
-    p = _command(
+    p = command_parser(
         sub,
         "evaluate",
         "retrieval mAP@k on labelled scenes (gtgen output folders)",
@@ -448,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retrieval_args(p)
     p.set_defaults(func=cmd_evaluate, num_matched=RetrievalOptions().num_matched)
 
-    p = _command(
+    p = command_parser(
         sub,
         "vocabtree",
         "vocabulary trees for COLMAP, built locally",
@@ -456,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mirror_sfm vocabtree build other_images/ -o tree.bin --words 4096",
     )
     vsub = p.add_subparsers(dest="vocab_command", required=True, metavar="ACTION", help="build: make a tree file")
-    b = _command(
+    b = command_parser(
         vsub,
         "build",
         "build a tree from the SIFT features of a folder of images",

@@ -131,6 +131,42 @@ def options_from_args(cls: type, flags: Iterable[Flag], args: argparse.Namespace
     return cls(**values)
 
 
+# ----------------------------------------------------------------------------- parsers
+
+
+def _example_epilog(examples: str) -> str:
+    return "example:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines())
+
+
+def main_parser(
+    prog: str, version: str, description: str, examples: str
+) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """A command line's top-level parser (description, example epilog, --version, -v/-q) and its COMMAND
+    subparsers, the same for `mirror_sfm` and `gtgen`."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        formatter_class=HelpFormatter,
+        description=description,
+        epilog=f"{_example_epilog(examples)}\n\n'{prog} COMMAND --help' lists each command's options.",
+    )
+    parser.add_argument("--version", action="version", version=version)
+    add_verbosity(parser, top=True)
+    return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+
+def command_parser(sub, name: str, summary: str, description: str, examples: str) -> argparse.ArgumentParser:
+    """A subcommand parser with a description, an example epilog, -v/-q, and defaults shown in its help."""
+    p = sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary}.\n\n{description}".rstrip(),
+        epilog=_example_epilog(examples),
+        formatter_class=HelpFormatter,
+    )
+    add_verbosity(p, top=False)
+    return p
+
+
 # ----------------------------------------------------------------------------- verbosity
 
 
