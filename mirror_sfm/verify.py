@@ -24,12 +24,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pycolmap
 from tqdm import tqdm
 
 from .database_reader import FeatureDatabase
 from .errors import MirrorError
-from .pairs_io import Pair
+from .io_utils import check_writable
+from .pairs_io import Pair, read_pairs, write_pairs
 from .working_database import working_database
 
 logger = logging.getLogger(__name__)
@@ -189,8 +191,6 @@ class _GridCells:
         self.cameras = {int(c.camera_id): c for c in db.read_all_cameras()}
 
     def __call__(self, image_id: int):
-        import numpy as np
-
         if image_id not in self.cache:
             camera = self.cameras[int(self.images[image_id].camera_id)]
             xy = np.asarray(self.db.read_keypoints(image_id))[:, :2]
@@ -271,9 +271,6 @@ def main(
     `database` is only read; verification matches into `work_database` (default `output` + `-verify.db`; keep it to
     resume). `scores_output`: `name1 name2 inliers` lines (0: failed verification).
     """
-    from .io_utils import check_writable
-    from .pairs_io import read_pairs, write_pairs
-
     if num_matched < 1:
         raise MirrorError(f"num_matched must be >= 1, got {num_matched}")
     output = Path(output)
@@ -281,14 +278,10 @@ def main(
     if scores_output:
         check_writable(Path(scores_output))
     candidates = read_pairs(shortlist)
-    rank: dict[str, int] = {}
-    order = []
-    for q, _ in candidates:
-        order.append(rank.get(q, 0))
-        rank[q] = rank.get(q, 0) + 1
     work = Path(work_database) if work_database else output.with_name(output.stem + "-verify.db")
     geometric = verify_pairs(database, candidates, options, work_database=work)
-    pairs, _, geo = rerank_by_geometry(candidates, [-float(r) for r in order], geometric, num_matched)
+    # equal CNN scores: the stable sort keeps ties (and failed pairs) in shortlist order
+    pairs, _, geo = rerank_by_geometry(candidates, [0.0] * len(candidates), geometric, num_matched)
     write_pairs(output, pairs)
     if scores_output:
         write_pairs(scores_output, pairs, [int(g) for g in geo])
