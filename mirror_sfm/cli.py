@@ -54,6 +54,7 @@ VERIFY_FLAGS = (
     Flag("shortlist", ("--shortlist",), metavar="N"),
     Flag("num_features", ("--verify-features",), metavar="N"),
     Flag("score", ("--verify-score",), choices=SCORES),
+    Flag("max_ratio", ("--verify-max-ratio",), metavar="R"),
 )
 PAIRS_FLAGS = (
     Flag("sequential", ("--sequential",), metavar="W"),

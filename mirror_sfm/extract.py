@@ -137,6 +137,7 @@ def extract(
     device = resolve_device(options.device)
     model = model.to(device).eval()
     signature = extractor_signature(model, options)
+    model = model.for_inference()
 
     output.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(output):

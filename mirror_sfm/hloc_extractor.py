@@ -73,7 +73,7 @@ class MirrorSfM(BaseModel):
     required_inputs = ["image"]
 
     def _init(self, conf: dict[str, Any]) -> None:
-        self.net = load_model(conf["weights"]).eval()
+        self.net = load_model(conf["weights"]).eval().for_inference()  # BatchNorm folded: same descriptors, faster
 
     def _forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         image = data["image"]

@@ -47,6 +47,7 @@ class RetrievalModel(nn.Module):
         self.meta = dict(meta or {})
         self.pooling = check_pooling(pooling)
         self.gem_p = float(gem_p)
+        self.channels_last = False  # inference copies (`for_inference`) run convolutions channels-last
 
     @property
     def name(self) -> str:
@@ -54,7 +55,19 @@ class RetrievalModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1], (B, 3, H, W) -> feature map (B, C, h, w)."""
-        return self.backbone(self.backbone.normalize(images))
+        images = self.backbone.normalize(images)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.backbone(images)
+
+    def for_inference(self) -> RetrievalModel:
+        """A copy for describing images only (no training): the backbone's fused form (BatchNorm folded into the
+        convolutions) in channels-last memory. Same descriptors to float rounding, about 2-3x faster on CPU
+        (RESULTS.md §11); the original model (and its weights' signature) is untouched."""
+        model = RetrievalModel(self.backbone.fused(), self.whitening, self.meta, self.pooling, self.gem_p).eval()
+        model.backbone.to(memory_format=torch.channels_last)
+        model.channels_last = True
+        return model
 
     def describe(
         self, images: torch.Tensor, regional: bool = False, whiten: bool = False, pooling: str | None = None

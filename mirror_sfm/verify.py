@@ -6,7 +6,8 @@ matched and verified by ``pycolmap.match_image_pairs`` (its SIFT matcher: mutual
 distance 0.7; then two-view geometry: E, F or H by RANSAC, 4 px) in a working database of mirror_sfm's own
 (``working_database``: the source cut to those features). The geometric score of a pair is its number of inlier
 matches, 0 when COLMAP drops the pair (fewer than ``min_num_inliers`` inliers, or a degenerate geometry). Ranking
-per query: verified pairs first by score, then the others, ties broken by the CNN score.
+per query: verified pairs first by score, then the others, ties broken by the CNN score; a query's candidates are its
+own shortlist plus the images whose shortlists held it and verified with it (free: each pair is verified once).
 
 Features come from a COLMAP database, never written: the user's own, or a light one (≤ 2,048 features,
 ≤ 1,024 px) extracted into a cache beside the output. Each unordered pair is verified once, in blocks (progress);
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 VERIFY_METHODS = ("sift", "none")
 SCORES = ("effective", "inliers")
+BLOCK_PAIRS = 2000  # pairs per COLMAP matching call at least: each call reloads features (RESULTS.md §11)
 GRID = 32  # cells per image side for effective inliers (COLMAP's vote-and-verify uses 32 x 32)
 DEVICES = {"auto": pycolmap.Device.auto, "cpu": pycolmap.Device.cpu, "cuda": pycolmap.Device.cuda}
 FAILED_CONFIGS = {
@@ -64,6 +66,8 @@ class VerifyOptions:
         score: what orders a query's verified candidates: effective (COLMAP's effective inliers: cells of a
             32 x 32 grid holding an inlier, the smaller count of the two images, so it grows with the shared
             area) | inliers (the inlier count).
+        max_ratio: the ratio test of COLMAP's SIFT matcher in the verification pass (COLMAP's default 0.8; higher
+            keeps more matches on repetitive texture, which RANSAC then judges).
     """
 
     method: str = "sift"
@@ -76,6 +80,7 @@ class VerifyOptions:
     device: str = "auto"
     seed: int = 0
     score: str = "effective"
+    max_ratio: float = 0.8
 
     def validate(self) -> None:
         if self.score not in SCORES:
@@ -84,6 +89,8 @@ class VerifyOptions:
             raise MirrorError(f"verify must be one of {', '.join(VERIFY_METHODS)}; got {self.method!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise MirrorError(f"verification device must be auto, cpu or cuda; got {self.device!r}")
+        if not 0 < self.max_ratio <= 1:
+            raise MirrorError(f"verify-max-ratio must be in (0, 1], got {self.max_ratio}")
         for name in ("shortlist", "num_features", "sift_max_image_size", "sift_max_num_features"):
             if getattr(self, name) < 1:
                 raise MirrorError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -147,10 +154,12 @@ def verify_pairs(
         if work_database
         else database.with_name(f"{database.stem}-verify-{options.num_features}.db")
     )
-    working_database(database, work, options.num_features)
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = options.num_threads
-    block = max(200, len(keys) // 50)
+    matching.sift.max_ratio = options.max_ratio
+    rule = {} if options.max_ratio == VerifyOptions.max_ratio else {"max_ratio": options.max_ratio}
+    working_database(database, work, options.num_features, rule)
+    block = max(BLOCK_PAIRS, len(keys) // 20)
     pair_file = work.with_name(f".{work.name}.{os.getpid()}.pairs.txt")  # this run's block of pairs
     try:
         with tqdm(total=len(keys), desc="verifying pairs", unit="pair", leave=False) as bar, quiet_colmap():
@@ -218,15 +227,22 @@ def rerank_by_geometry(
 ) -> tuple[list[Pair], list[float], list[int]]:
     """Per query (in first-appearance order), its candidates sorted by (geometric score, CNN score), top K kept.
 
-    Returns (pairs, CNN scores, geometric scores), each query's pairs in rank order.
+    A query's candidates are its own shortlist plus every image whose shortlist held the query and verified with it
+    (a verified pair is verified both ways: the reverse candidate costs nothing and adds true neighbours the
+    query's own CNN ranking placed just below its shortlist). Returns (pairs, CNN scores, geometric scores), each
+    query's pairs in rank order.
     """
-    per_query: dict[str, list[tuple[int, float, str]]] = {}
+    per_query: dict[str, dict[str, tuple[int, float]]] = {}
     for (q, d), s in zip(pairs, cnn_scores):
-        per_query.setdefault(q, []).append((geometric.get(_pair_key(q, d), 0), s, d))
+        per_query.setdefault(q, {}).setdefault(d, (geometric.get(_pair_key(q, d), 0), s))
+    for (q, d), s in zip(pairs, cnn_scores):
+        geo = geometric.get(_pair_key(q, d), 0)
+        if geo > 0 and d in per_query and q not in per_query[d]:
+            per_query[d][q] = (geo, s)
     out_pairs, out_cnn, out_geo = [], [], []
     for q, cands in per_query.items():
-        cands.sort(key=lambda c: (-c[0], -c[1]))
-        for geo, s, d in cands[:num_matched]:
+        ranked = sorted(cands.items(), key=lambda c: (-c[1][0], -c[1][1]))  # stable: ties keep shortlist order
+        for d, (geo, s) in ranked[:num_matched]:
             out_pairs.append((q, d))
             out_cnn.append(s)
             out_geo.append(geo)

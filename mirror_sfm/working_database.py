@@ -25,28 +25,33 @@ NOT_COPIED = {"matches", "two_view_geometries", "sqlite_sequence"}
 ROW_BYTES = {"keypoints": 4, "descriptors": 1}  # float32 keypoint rows, uint8 descriptor rows
 
 
-def _source_key(source: Path, num_features: int) -> dict:
+def _source_key(source: Path, num_features: int, matching: dict | None = None) -> dict:
     st = source.stat()
     return {
         "source": str(source.resolve()),
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
         "num_features": num_features,
+        **({"matching": matching} if matching else {}),
     }
 
 
-def working_database(source: str | Path, target: str | Path, num_features: int) -> Path:
-    """Make (or reuse) `target`: `source` cut to its first `num_features` features per image, no matches."""
+def working_database(source: str | Path, target: str | Path, num_features: int, matching: dict | None = None) -> Path:
+    """Make (or reuse) `target`: `source` cut to its first `num_features` features per image, no matches.
+
+    `matching`: the settings the matches stored in `target` are made with (e.g. the ratio test); a copy made for
+    other settings is made again, so no pair keeps a match decided by another rule.
+    """
     source, target = Path(source), Path(target)
     sidecar = target.with_name(target.name + ".json")
-    key = _source_key(source, num_features)
+    key = _source_key(source, num_features, matching)
     if target.is_file() and sidecar.is_file():
         try:
             if json.loads(sidecar.read_text()) == key:
                 return target
         except ValueError:
             pass
-        logger.info("%s was made from another database or feature count; making it again", target)
+        logger.info("%s was made from another database, feature count or matching rule; making it again", target)
     with atomic_path(target) as tmp:
         tmp.unlink()
         try:

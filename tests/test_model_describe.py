@@ -98,3 +98,18 @@ def test_unknown_pooling_is_one_line(imagenet_model, tmp_path):
     torch.save(ckpt, tmp_path / "w.pt")
     with pytest.raises(MirrorError, match="unknown pooling"):
         load_model(tmp_path / "w.pt")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("size", [(96, 72), (97, 61)])  # even and odd sides: symmetric and asymmetric 'SAME' padding
+def test_inference_copy_describes_like_the_model(size):
+    """`for_inference` (BatchNorm folded, channels-last) gives the model's descriptors; the model is left as it was."""
+    model = load_model("imagenet").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = model.for_inference()
+    images = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    glob, regions = model.describe(images, regional=True)
+    fast_glob, fast_regions = fast.describe(images, regional=True)
+    assert torch.allclose(glob, fast_glob, atol=1e-5) and torch.allclose(regions, fast_regions, atol=1e-5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())

@@ -97,6 +97,19 @@ def test_rerank_failed_pairs_keep_cnn_order_below_verified():
     assert geo == [100, 40, 0]
 
 
+def test_rerank_adds_verified_reverse_candidates():
+    """b's shortlist held q and verified: b is q's candidate too, ranked by its score; a failed reverse pair is not."""
+    pairs = [("q", "a"), ("q", "c"), ("b", "q"), ("e", "q"), ("b", "a")]
+    geometric = {("a", "q"): 20, ("c", "q"): 0, ("b", "q"): 50, ("e", "q"): 0, ("a", "b"): 10}
+    out, _, geo = rerank_by_geometry(pairs, [0.9, 0.8, 0.7, 0.6, 0.5], geometric, num_matched=5)
+    per_query = {}
+    for (q, d), g in zip(out, geo):
+        per_query.setdefault(q, []).append((d, g))
+    assert per_query["q"] == [("b", 50), ("a", 20), ("c", 0)]  # b from b's shortlist; e failed: not added
+    assert per_query["b"] == [("q", 50), ("a", 10)]
+    assert set(per_query) == {"q", "b", "e"}  # a and c, never queries, get no lines
+
+
 def test_pairs_database_is_read_only_and_nothing_extracted(tmp_path, fixture_database):
     before = _digest(fixture_database)
     files_before = sorted(p.name for p in fixture_database.parent.iterdir())
@@ -209,9 +222,17 @@ def test_verification_resumes_and_rebuilds_a_stale_working_database(tmp_path, fi
     assert "made from another database" in mirror_log.text
     with pycolmap.Database.open(str(work)) as db:
         assert db.num_matched_image_pairs() == 10
+    # another matching rule: no pair keeps a match made under the old one
+    looser = verify_pairs(source, pairs[:3], VerifyOptions(num_features=300, max_ratio=0.9), work_database=work)
+    assert len(looser) == 3
+    assert "matching rule" in mirror_log.text
+    with pycolmap.Database.open(str(work)) as db:
+        assert db.num_matched_image_pairs() == 3
 
 
-@pytest.mark.parametrize("bad", [{"shortlist": 0}, {"num_features": -1}, {"method": "orb"}])
+@pytest.mark.parametrize(
+    "bad", [{"shortlist": 0}, {"num_features": -1}, {"method": "orb"}, {"max_ratio": 0}, {"max_ratio": 1.5}]
+)
 def test_bad_verify_options(bad):
     with pytest.raises(MirrorError):
         VerifyOptions(**bad).validate()
