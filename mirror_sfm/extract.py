@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import h5py
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -22,6 +26,9 @@ from .images import check_names, decode_image, list_images, resized_size  # noqa
 from .io_utils import check_writable, output_lock
 from .model import RetrievalModel, check_pooling, load_model
 from .pooling import RMAC_STEPS
+
+if TYPE_CHECKING:
+    from .distributed import RayOptions
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ class ExtractionResult:
     num_extracted: int
     num_cached: int
     skipped: dict[str, str] = field(default_factory=dict)  # unreadable image name -> reason
+    num_resumed: int = 0  # Ray: images taken from the shards a killed run had finished (not described again)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -117,6 +125,7 @@ def extract(
     options: ExtractionOptions | None = None,
     image_names: list[str] | None = None,
     model: RetrievalModel | None = None,
+    ray: RayOptions | None = None,
 ) -> ExtractionResult:
     """Describe every image of `image_dir` (or `image_names`) into the h5 file `output`.
 
@@ -125,6 +134,8 @@ def extract(
     reported once each and skipped. An output that cannot be written, or that another run is writing
     now (see `io_utils.output_lock`: this run stops at once, it does not wait), is a MirrorError
     before any work; so is a disk that fills up, which keeps the finished images for a re-run.
+    `ray` with an address: the images are described in shards by the workers of a Ray cluster
+    (`distributed.extract_on_ray`: same file, finished shards kept in `output`.shards/ for a resume).
     """
     options = options or ExtractionOptions()
     image_dir, output = Path(image_dir), Path(output)
@@ -133,20 +144,29 @@ def extract(
         image_names = list_images(image_dir)
     else:
         check_names(image_names, image_dir)
+    on_ray = ray is not None and bool(ray.address)
+    if on_ray:
+        from .distributed import extract_on_ray, import_ray
+
+        import_ray()  # without Ray installed: one line, before the model is loaded
     model = model or load_model(options.weights)
-    device = resolve_device(options.device)
+    device = torch.device("cpu") if on_ray else resolve_device(options.device)  # the workers pick their own
     model = model.to(device).eval()
     signature = extractor_signature(model, options)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(output):
-        result = _extract_locked(image_dir, output, options, image_names, model, device, signature)
-    if result.num_extracted + result.num_cached == 0:
+        if on_ray:
+            result = extract_on_ray(image_dir, output, options, image_names, model, signature, ray)
+        else:
+            result = _extract_locked(image_dir, output, options, image_names, model, device, signature)
+    if result.num_extracted + result.num_cached + result.num_resumed == 0:
         raise MirrorError(f"no readable image in {image_dir} ({len(result.skipped)} unreadable)")
     logger.info(
-        "described %d images (%d cached, %d unreadable) -> %s",
+        "described %d images (%d cached, %d from finished shards, %d unreadable) -> %s",
         result.num_extracted,
         result.num_cached,
+        result.num_resumed,
         len(result.skipped),
         output,
     )
@@ -163,61 +183,85 @@ def _extract_locked(
     signature: dict,
 ) -> ExtractionResult:
     """The extraction proper, run while this process holds `output`'s lock."""
-    pooling = pooling_of(options, model)
     f = features_io.open_work_file(output, signature)
     result = ExtractionResult(output, len(image_names), 0, 0)
     failed = True
     try:
-        todo: dict[str, tuple[int, int]] = {}  # name -> file signature, stored with its descriptors
-        for name in image_names:
-            path = image_dir / name
-            if not path.is_file():
-                raise MirrorError(f"image not found: {path}")
-            file_sig = features_io.file_signature(path)
-            if features_io.is_fresh(f, name, file_sig):
-                result.num_cached += 1
-            else:
-                todo[name] = file_sig
-        if result.num_cached:
-            logger.info("%d of %d images already described in %s", result.num_cached, len(image_names), output)
-        loader = DataLoader(
-            ImageFolder(image_dir, list(todo), options.resize),
-            batch_size=None,
-            shuffle=False,
-            num_workers=options.num_workers if len(todo) > 1 else 0,
-        )
-        batch: list = []
-
-        def flush():
-            if not batch:
-                return
-            images = torch.stack([t for _, t, _ in batch]).to(device)
-            glob, reg = model.describe(images, regional=options.regional, pooling=pooling)
-            glob, reg = glob.cpu().numpy(), (reg.cpu().numpy() if reg is not None else None)
+        todo, result.num_cached = images_to_describe(f, output, image_dir, image_names)
+        for records in describe_batches(image_dir, list(todo), options, model, device, result.skipped):
             features_io.write_batch(
-                f,
-                output,
-                [
-                    (name, glob[k], None if reg is None else reg[k], size, todo[name])
-                    for k, (name, _, size) in enumerate(batch)
-                ],
+                f, output, [(name, glob, reg, size, todo[name]) for name, glob, reg, size in records]
             )
-            result.num_extracted += len(batch)
-            batch.clear()
-
-        for name, tensor, size, error in tqdm(
-            loader, total=len(todo), desc="describe images", unit="img", disable=not todo
-        ):
-            if error is not None:
-                logger.warning("skipping unreadable image: %s", error)
-                result.skipped[name] = error
-                continue
-            if batch and (tensor.shape != batch[0][1].shape or len(batch) >= options.batch_size):
-                flush()
-            batch.append((name, tensor, size))
-        flush()
+            result.num_extracted += len(records)
         failed = False
     finally:
         features_io.close_work_file(f, output, failed)
     features_io.finish_work_file(output)
     return result
+
+
+def images_to_describe(
+    f: h5py.File, output: Path, image_dir: Path, image_names: list[str]
+) -> tuple[dict[str, tuple[int, int]], int]:
+    """({name: file signature} of the images the work file `f` lacks or holds stale, in `image_names` order,
+    the number already stored fresh). A missing image is a MirrorError naming it."""
+    todo: dict[str, tuple[int, int]] = {}
+    cached = 0
+    for name in image_names:
+        path = image_dir / name
+        if not path.is_file():
+            raise MirrorError(f"image not found: {path}")
+        file_sig = features_io.file_signature(path)
+        if features_io.is_fresh(f, name, file_sig):
+            cached += 1
+        else:
+            todo[name] = file_sig
+    if cached:
+        logger.info("%d of %d images already described in %s", cached, len(image_names), output)
+    return todo, cached
+
+
+Record = tuple[str, np.ndarray, "np.ndarray | None", tuple[int, int]]  # name, global, regional, image size (W, H)
+
+
+def describe_batches(
+    image_dir: Path,
+    names: list[str],
+    options: ExtractionOptions,
+    model: RetrievalModel,
+    device: torch.device,
+    skipped: dict[str, str],
+    progress: bool = True,
+) -> Iterator[list[Record]]:
+    """Describe `names` (decoded by `options.num_workers` processes, consecutive images of one size batched):
+    yields each batch's records as computed; unreadable images are logged once and added to `skipped`."""
+    pooling = pooling_of(options, model)
+    loader = DataLoader(
+        ImageFolder(image_dir, names, options.resize),
+        batch_size=None,
+        shuffle=False,
+        num_workers=options.num_workers if len(names) > 1 else 0,
+    )
+    batch: list = []
+
+    def run() -> list[Record]:
+        with torch.no_grad():
+            images = torch.stack([t for _, t, _ in batch]).to(device)
+            glob, reg = model.describe(images, regional=options.regional, pooling=pooling)
+        glob, reg = glob.cpu().numpy(), (reg.cpu().numpy() if reg is not None else None)
+        records = [(name, glob[k], None if reg is None else reg[k], size) for k, (name, _, size) in enumerate(batch)]
+        batch.clear()
+        return records
+
+    for name, tensor, size, error in tqdm(
+        loader, total=len(names), desc="describe images", unit="img", disable=not (progress and names)
+    ):
+        if error is not None:
+            logger.warning("skipping unreadable image: %s", error)
+            skipped[name] = error
+            continue
+        if batch and (tensor.shape != batch[0][1].shape or len(batch) >= options.batch_size):
+            yield run()
+        batch.append((name, tensor, size))
+    if batch:
+        yield run()
