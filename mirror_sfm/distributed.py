@@ -210,8 +210,9 @@ def _finished_shards(folder: Path, signature: dict, todo: dict[str, tuple[int, i
                     stale = True
                 else:
                     stale = False
-                    for name, sig in todo.items():
-                        if name not in found.images and features_io.is_fresh(f, name, sig):
+                    for name in _image_names(f):  # the shard's own names: a scan costs the shards' size, not more
+                        sig = todo.get(name)
+                        if sig is not None and name not in found.images and features_io.is_fresh(f, name, sig):
                             found.images[name] = path
                     for name, (error, *sig) in json.loads(f.attrs.get("skipped", "{}")).items():
                         if todo.get(name) == tuple(sig):
@@ -222,6 +223,18 @@ def _finished_shards(folder: Path, signature: dict, todo: dict[str, tuple[int, i
         if stale:
             path.unlink(missing_ok=True)
     return found
+
+
+def _image_names(f: h5py.File) -> list[str]:
+    """Names of the image groups of an open file (those holding a `global_descriptor`; nested names joined by '/')."""
+    names = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and name.endswith("/global_descriptor"):
+            names.append(name[: -len("/global_descriptor")])
+
+    f.visititems(visit)
+    return names
 
 
 def extract_on_ray(
@@ -351,7 +364,7 @@ def _merge_shards(output: Path, signature: dict, shard_files: list[Path], todo: 
             for path in shard_files:
                 with h5py.File(path, "r") as shard:
                     items = []
-                    for name in features_io.list_h5_names(path):
+                    for name in _image_names(shard):
                         if name in todo and not features_io.is_fresh(f, name, todo[name]):
                             grp = shard[name]
                             regional = grp["regional_descriptors"][()] if "regional_descriptors" in grp else None
