@@ -7,7 +7,7 @@ file system), and have mirror_sfm installed.
 
 Extraction (`extract_on_ray`): the images still to describe are cut into shards in image order; each worker is a
 Ray actor holding the model (``cpus_per_worker`` / ``gpus_per_worker`` each) that describes a shard with the
-single-process batching (`extract.describe_batches`) and writes it to ``OUTPUT.shards/shard-<hash>.h5``
+single-process batching (`describing.describe_batches`) and writes it to ``OUTPUT.shards/shard-<hash>.h5``
 atomically (a temporary file renamed when the shard is complete). The driver shows one progress bar over the images
 of all shards and, at the end, copies the shards into OUTPUT through the same work file as the single-process path
 (`features_io`: same names, layout, fp16 descriptors and freshness attributes), then removes the shard folder.
@@ -39,15 +39,8 @@ from tqdm import tqdm
 
 from . import features_io
 from .database_reader import FeatureDatabase
+from .describing import ExtractionOptions, ExtractionResult, describe_batches, images_to_describe, resolve_device
 from .errors import MirrorError
-from .extract import (
-    ExtractionOptions,
-    ExtractionResult,
-    describe_batches,
-    extractor_signature,
-    images_to_describe,
-    resolve_device,
-)
 from .io_utils import atomic_path
 from .model import RetrievalModel
 from .pairs_io import Pair
@@ -276,7 +269,8 @@ def extract_on_ray(
         shards = [remaining[i : i + size] for i in range(0, len(remaining), size)]
         with ray_cluster(ray_options) as ray:
             done = len(todo) - len(remaining)
-            for path, skipped in _run_shards(ray, ray_options, image_dir, folder, shards, todo, model, options, done):
+            finishing = _run_shards(ray, ray_options, image_dir, folder, shards, todo, model, options, signature, done)
+            for path, skipped in finishing:
                 shard_files[path] = None
                 result.skipped.update(skipped)
         result.num_extracted = len(remaining) - sum(1 for n in remaining if n in result.skipped)
@@ -296,6 +290,7 @@ def _run_shards(
     todo: dict[str, tuple[int, int]],
     model: RetrievalModel,
     options: ExtractionOptions,
+    signature: dict,
     initial: int,
 ) -> Iterator[tuple[Path, dict[str, str]]]:
     """Describe `shards` on the workers; yield (shard file, its unreadable images) as each shard finishes.
@@ -308,7 +303,6 @@ def _run_shards(
     )
     model_ref = ray.put(model.cpu())
     threads = max(1, int(ray_options.cpus_per_worker))
-    signature = extractor_signature(model, options)
     workers = [actor.remote(model_ref, options, signature, threads) for _ in range(n)]
     logger.info("describing %d images in %d shards on %d Ray workers", sum(map(len, shards)), len(shards), n)
     pending = deque(shards)
