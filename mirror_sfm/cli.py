@@ -25,6 +25,7 @@ from .cli_options import (
 )
 from .colmap import CAMERA_MODES, MAPPERS, PAIR_METHODS, ReconstructionOptions
 from .console import run_command
+from .distributed import RAY_INSTALL, RayOptions
 from .errors import MirrorError
 from .extract import ExtractionOptions
 from .pairs import PairsOptions
@@ -40,6 +41,13 @@ EXTRACTION_FLAGS = (
     Flag("batch_size", ("--batch-size",)),
     Flag("device", ("--device",), metavar="auto|cpu|cuda"),
     Flag("num_workers", ("--num-workers",)),
+)
+RAY_FLAGS = (
+    Flag("address", ("--ray",), metavar="ADDRESS"),
+    Flag("workers", ("--ray-workers",), metavar="N"),
+    Flag("cpus_per_worker", ("--ray-cpus-per-worker",), metavar="N"),
+    Flag("gpus_per_worker", ("--ray-gpus-per-worker",), metavar="N"),
+    Flag("shard_size", ("--ray-shard-size",), metavar="N"),
 )
 NUM_MATCHED = Flag("num_matched", ("--num-matched", "-k"), metavar="K")
 RETRIEVAL_FLAGS = (
@@ -89,6 +97,15 @@ RECONSTRUCTION_FLAGS = (
 
 def _add_extraction_args(p: argparse.ArgumentParser) -> None:
     add_flags(p.add_argument_group("descriptors"), ExtractionOptions, EXTRACTION_FLAGS)
+
+
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    add_flags(p.add_argument_group(f"Ray cluster (optional: {RAY_INSTALL})"), RayOptions, RAY_FLAGS)
+
+
+def _ray_options(args) -> RayOptions | None:
+    options = options_from_args(RayOptions, RAY_FLAGS, args)
+    return options if options.address else None
 
 
 def _add_retrieval_args(p: argparse.ArgumentParser) -> None:
@@ -146,8 +163,11 @@ def _pairs_options(args, flags: tuple[Flag, ...] = PAIRS_FLAGS, **extra) -> Pair
 def cmd_extract(args) -> None:
     from .extract import extract
 
-    res = extract(args.images, args.output, _extraction_options(args))
-    print(f"{res.num_extracted} described, {res.num_cached} cached, {len(res.skipped)} unreadable -> {res.path}")
+    res = extract(args.images, args.output, _extraction_options(args), ray=_ray_options(args))
+    resumed = f", {res.num_resumed} from finished shards" if res.num_resumed else ""
+    print(
+        f"{res.num_extracted} described, {res.num_cached} cached{resumed}, {len(res.skipped)} unreadable -> {res.path}"
+    )
 
 
 def cmd_pairs(args) -> None:
@@ -160,6 +180,7 @@ def cmd_pairs(args) -> None:
         options=_pairs_options(args),
         scores_output=args.scores,
         database=args.database,
+        ray=_ray_options(args),
     )
     print(f"{len(pairs)} pairs -> {args.output}")
 
@@ -275,12 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
         "extract",
         "describe a folder of images into an h5 file (resumable)",
         "Global (and regional) descriptors in hloc's global-feats layout: a group per image name holding "
-        "'global_descriptor'.\nA re-run skips unchanged images; an interrupted run resumes.",
-        "mirror_sfm extract images/ -o global-feats.h5 --resize 512",
+        "'global_descriptor'.\nA re-run skips unchanged images; an interrupted run resumes.\n--ray: "
+        "the images are described in shards by the workers of a Ray cluster.",
+        "mirror_sfm extract images/ -o global-feats.h5 --resize 512\n"
+        "mirror_sfm extract /shared/images/ -o /shared/global-feats.h5 --ray auto --ray-gpus-per-worker 1",
     )
     p.add_argument("images", type=Path, help="image folder (searched recursively)")
     p.add_argument("-o", "--output", type=Path, required=True, help="descriptor file (.h5)")
     _add_extraction_args(p)
+    _add_ray_args(p)
     p.set_defaults(func=cmd_extract)
 
     p = command_parser(
@@ -315,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extraction_args(p)
     _add_retrieval_args(p)
     _add_verify_args(p, database=True)
+    _add_ray_args(p)
     p.set_defaults(func=cmd_pairs)
 
     p = command_parser(

@@ -9,85 +9,31 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from . import features_io
+from .describing import (  # noqa: F401 (ImageFolder: API, re-exported)
+    ExtractionOptions,
+    ExtractionResult,
+    ImageFolder,
+    describe_batches,
+    images_to_describe,
+    pooling_of,
+    resolve_device,
+)
 from .errors import MirrorError
-from .images import check_names, decode_image, list_images, resized_size  # noqa: F401 (resized_size: API)
+from .images import check_names, list_images, resized_size  # noqa: F401 (resized_size: API)
 from .io_utils import check_writable, output_lock
-from .model import RetrievalModel, check_pooling, load_model
+from .model import RetrievalModel, load_model
 from .pooling import RMAC_STEPS
 
+if TYPE_CHECKING:
+    from .distributed import RayOptions
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ExtractionOptions:
-    """How descriptors are computed. Defaults chosen on held-out scenes (benchmarks/RESULTS.md).
-
-    Attributes:
-        resize: long side in px the whole image is resized to (never cropped; 384 ranked best and is fastest).
-        pooling: global descriptor: model (the weights' own pooling; MAC for ImageNet) | mac | gem | rmac.
-        regional: also store the 35 R-MAC regional vectors (needed by PR-MAC re-ranking).
-        weights: 'default' (shipped fine-tuned weights, else ImageNet), 'imagenet', or a weights file path.
-        batch_size: images per forward pass (consecutive images of one size are batched).
-        device: auto | cpu | cuda.
-        num_workers: image decoding processes (0: decode in the main process).
-    """
-
-    resize: int = 384
-    pooling: str = "model"
-    regional: bool = True
-    weights: str = "default"
-    batch_size: int = 4
-    device: str = "auto"
-    num_workers: int = 1
-
-
-@dataclass
-class ExtractionResult:
-    path: Path
-    num_images: int
-    num_extracted: int
-    num_cached: int
-    skipped: dict[str, str] = field(default_factory=dict)  # unreadable image name -> reason
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MirrorError("--device cuda asked for, but torch sees no CUDA GPU")
-    return torch.device(device)
-
-
-class ImageFolder(Dataset):
-    """Decoded, resized images as (3, H, W) float tensors in [0, 1]; unreadable ones yield the error."""
-
-    def __init__(self, root: Path, names: list[str], resize: int):
-        self.root, self.names, self.resize = root, names, resize
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, i: int):
-        name = self.names[i]
-        try:
-            rgb, size = decode_image(self.root / name, self.resize)  # a large JPEG is decoded at reduced size
-        except MirrorError as exc:
-            return name, None, None, str(exc)
-        tensor = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
-        return name, tensor, size, None
-
-
-def pooling_of(options: ExtractionOptions, model: RetrievalModel) -> str:
-    """The global pooling extraction uses: `options.pooling`, or the model's own for "model"."""
-    return check_pooling(model.pooling if options.pooling == "model" else options.pooling)
 
 
 def extractor_signature(model: RetrievalModel, options: ExtractionOptions) -> dict:
@@ -117,6 +63,7 @@ def extract(
     options: ExtractionOptions | None = None,
     image_names: list[str] | None = None,
     model: RetrievalModel | None = None,
+    ray: RayOptions | None = None,
 ) -> ExtractionResult:
     """Describe every image of `image_dir` (or `image_names`) into the h5 file `output`.
 
@@ -125,6 +72,8 @@ def extract(
     reported once each and skipped. An output that cannot be written, or that another run is writing
     now (see `io_utils.output_lock`: this run stops at once, it does not wait), is a MirrorError
     before any work; so is a disk that fills up, which keeps the finished images for a re-run.
+    `ray` with an address: the images are described in shards by the workers of a Ray cluster
+    (`distributed.extract_on_ray`: same file, finished shards kept in `output`.shards/ for a resume).
     """
     options = options or ExtractionOptions()
     image_dir, output = Path(image_dir), Path(output)
@@ -133,21 +82,30 @@ def extract(
         image_names = list_images(image_dir)
     else:
         check_names(image_names, image_dir)
+    on_ray = ray is not None and bool(ray.address)
+    if on_ray:
+        from .distributed import extract_on_ray, import_ray
+
+        import_ray()  # without Ray installed: one line, before the model is loaded
     model = model or load_model(options.weights)
-    device = resolve_device(options.device)
+    device = torch.device("cpu") if on_ray else resolve_device(options.device)  # the workers pick their own
     model = model.to(device).eval()
     signature = extractor_signature(model, options)
     model = model.for_inference()
 
     output.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(output):
-        result = _extract_locked(image_dir, output, options, image_names, model, device, signature)
-    if result.num_extracted + result.num_cached == 0:
+        if on_ray:
+            result = extract_on_ray(image_dir, output, options, image_names, model, signature, ray)
+        else:
+            result = _extract_locked(image_dir, output, options, image_names, model, device, signature)
+    if result.num_extracted + result.num_cached + result.num_resumed == 0:
         raise MirrorError(f"no readable image in {image_dir} ({len(result.skipped)} unreadable)")
     logger.info(
-        "described %d images (%d cached, %d unreadable) -> %s",
+        "described %d images (%d cached, %d from finished shards, %d unreadable) -> %s",
         result.num_extracted,
         result.num_cached,
+        result.num_resumed,
         len(result.skipped),
         output,
     )
@@ -164,59 +122,16 @@ def _extract_locked(
     signature: dict,
 ) -> ExtractionResult:
     """The extraction proper, run while this process holds `output`'s lock."""
-    pooling = pooling_of(options, model)
     f = features_io.open_work_file(output, signature)
     result = ExtractionResult(output, len(image_names), 0, 0)
     failed = True
     try:
-        todo: dict[str, tuple[int, int]] = {}  # name -> file signature, stored with its descriptors
-        for name in image_names:
-            path = image_dir / name
-            if not path.is_file():
-                raise MirrorError(f"image not found: {path}")
-            file_sig = features_io.file_signature(path)
-            if features_io.is_fresh(f, name, file_sig):
-                result.num_cached += 1
-            else:
-                todo[name] = file_sig
-        if result.num_cached:
-            logger.info("%d of %d images already described in %s", result.num_cached, len(image_names), output)
-        loader = DataLoader(
-            ImageFolder(image_dir, list(todo), options.resize),
-            batch_size=None,
-            shuffle=False,
-            num_workers=options.num_workers if len(todo) > 1 else 0,
-        )
-        batch: list = []
-
-        def flush():
-            if not batch:
-                return
-            images = torch.stack([t for _, t, _ in batch]).to(device)
-            glob, reg = model.describe(images, regional=options.regional, pooling=pooling)
-            glob, reg = glob.cpu().numpy(), (reg.cpu().numpy() if reg is not None else None)
+        todo, result.num_cached = images_to_describe(f, output, image_dir, image_names)
+        for records in describe_batches(image_dir, list(todo), options, model, device, result.skipped):
             features_io.write_batch(
-                f,
-                output,
-                [
-                    (name, glob[k], None if reg is None else reg[k], size, todo[name])
-                    for k, (name, _, size) in enumerate(batch)
-                ],
+                f, output, [(name, glob, reg, size, todo[name]) for name, glob, reg, size in records]
             )
-            result.num_extracted += len(batch)
-            batch.clear()
-
-        for name, tensor, size, error in tqdm(
-            loader, total=len(todo), desc="describe images", unit="img", disable=not todo
-        ):
-            if error is not None:
-                logger.warning("skipping unreadable image: %s", error)
-                result.skipped[name] = error
-                continue
-            if batch and (tensor.shape != batch[0][1].shape or len(batch) >= options.batch_size):
-                flush()
-            batch.append((name, tensor, size))
-        flush()
+            result.num_extracted += len(records)
         failed = False
     finally:
         features_io.close_work_file(f, output, failed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from .model import RetrievalModel, load_model
 from .pairs_io import Pair, unique_pairs, write_pairs
 from .retrieval import RetrievalOptions, choose_whitening, retrieve
 from .verify import VerifyOptions, light_sift_database, rerank_by_geometry, verify_pairs
+
+if TYPE_CHECKING:
+    from .distributed import RayOptions
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +184,7 @@ def generate_pairs(
     scores_output: str | Path | None = None,
     model: RetrievalModel | None = None,
     database: str | Path | None = None,
+    ray: RayOptions | None = None,
 ) -> list[Pair]:
     """Describe the images (cached in `features`, default `output` + `-global-feats.h5` beside it), retrieve each
     image's shortlist, verify it with SIFT (unless `options.verify.method == "none"`), write the top K as pairs.
@@ -194,8 +199,34 @@ def generate_pairs(
     `-verify.db` (a copy holding the first `num_features` features; keep it to resume). `scores_output`:
     `name1 name2 cnn_score` lines, plus the geometric score (verified inliers, 0 = failed) as a fourth field
     when verified.
+    `ray` with an address: extraction and shortlist verification run on that Ray cluster (`distributed`; light
+    SIFT is still extracted by this process), with the same results.
     Returns the pairs written. The pair file (and the scores file) are written atomically.
     """
+    if ray is not None and ray.address:
+        from .distributed import ray_cluster
+
+        with ray_cluster(ray):  # one cluster for extraction and verification
+            return _generate_pairs(
+                image_dir, output, num_matched, image_names, features, options, scores_output, model, database, ray
+            )
+    return _generate_pairs(
+        image_dir, output, num_matched, image_names, features, options, scores_output, model, database, None
+    )
+
+
+def _generate_pairs(
+    image_dir: str | Path,
+    output: str | Path,
+    num_matched: int | None,
+    image_names: list[str] | None,
+    features: str | Path | None,
+    options: PairsOptions | None,
+    scores_output: str | Path | None,
+    model: RetrievalModel | None,
+    database: str | Path | None,
+    ray: RayOptions | None,
+) -> list[Pair]:
     options = resolve_num_matched(options or PairsOptions(), num_matched)
     k = options.retrieval.num_matched
     verify = options.verify
@@ -215,7 +246,7 @@ def generate_pairs(
         model = None
     else:
         model = model or load_model(options.extraction.weights)
-        result = extract(image_dir, features, options.extraction, image_names=image_names, model=model)
+        result = extract(image_dir, features, options.extraction, image_names=image_names, model=model, ray=ray)
         skipped = result.skipped
         good = [n for n in names if n not in skipped]
         names, glob, regional = read_descriptors(features, good, regional=options.retrieval.rerank == "prmac")
@@ -230,13 +261,13 @@ def generate_pairs(
         own_db = database is None
         if own_db:
             database = light_sift_database(image_dir, names, output.with_name(output.stem + "-sift.db"), verify)
-        geometric = verify_pairs(
-            database,
-            candidates,
-            verify,
-            work_database=output.with_name(output.stem + "-verify.db"),
-            allow_missing=own_db,
-        )
+        work = output.with_name(output.stem + "-verify.db")
+        if ray is not None:
+            from .distributed import verify_on_ray
+
+            geometric = verify_on_ray(database, candidates, verify, work, own_db, ray)
+        else:
+            geometric = verify_pairs(database, candidates, verify, work_database=work, allow_missing=own_db)
         pairs, cnn, geo = rerank_by_geometry(candidates, cnn, geometric, k)
         pairs, scores = finish_pairs(names, glob, pairs, list(zip(cnn, geo)), options)
         logger.info(

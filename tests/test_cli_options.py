@@ -11,6 +11,7 @@ import mirror_sfm
 from gtgen import cli as gtgen_cli
 from mirror_sfm import cli
 from mirror_sfm.cli_options import HelpFormatter, field_docs
+from mirror_sfm.distributed import RayOptions
 from mirror_sfm.extract import ExtractionOptions
 from mirror_sfm.pairs import PairsOptions
 from mirror_sfm.retrieval import RetrievalOptions
@@ -92,6 +93,13 @@ def test_shipped_pairs_config_holds_the_defaults(tmp_path, fake_pairs):
     conf = Path(__file__).parents[1] / "configs" / "pairs.yaml"
     assert run_pairs(tmp_path, "--config", str(conf)) == 0
     assert fake_pairs[-1]["options"] == PairsOptions()
+
+
+def test_ray_flags_reach_the_library(tmp_path, fake_pairs):
+    assert run_pairs(tmp_path) == 0
+    assert fake_pairs[-1]["ray"] is None  # no --ray: the single process
+    assert run_pairs(tmp_path, "--ray", "ray://head:10001", "--ray-workers", "3", "--ray-gpus-per-worker", "0.5") == 0
+    assert fake_pairs[-1]["ray"] == RayOptions(address="ray://head:10001", workers=3, gpus_per_worker=0.5)
 
 
 def test_reconstruct_config_and_output_spellings(tmp_path, monkeypatch, capsys):
@@ -263,7 +271,7 @@ def test_existing_flag_names_still_parse():
 
 
 def test_every_option_dataclass_field_is_documented():
-    for cls in (ExtractionOptions, RetrievalOptions, VerifyOptions, PairsOptions):
+    for cls in (ExtractionOptions, RetrievalOptions, VerifyOptions, PairsOptions, RayOptions):
         docs = field_docs(cls)
         assert set(docs) == set(cls.__dataclass_fields__), cls
 

@@ -287,6 +287,7 @@ def test_draft_decoding_keeps_size_and_orientation(tmp_path, size, orientation):
 
 def test_extraction_descriptors_barely_change_with_draft(images, imagenet_model, tmp_path, monkeypatch):
     """Descriptors of the fixture photos (512 px) with draft decoding (at 1/2 for --resize 64) match a full decode."""
+    import mirror_sfm.describing as describing  # where ImageFolder decodes
     import mirror_sfm.extract as ex
 
     fast = extract(images, tmp_path / "a.h5", ex.ExtractionOptions(resize=64), model=imagenet_model)
@@ -296,7 +297,7 @@ def test_extraction_descriptors_barely_change_with_draft(images, imagenet_model,
         small = Image.fromarray(rgb).resize(resized_size(*size, long_side), Image.BILINEAR, reducing_gap=3.0)
         return np.asarray(small), size
 
-    monkeypatch.setattr(ex, "decode_image", full_decode)
+    monkeypatch.setattr(describing, "decode_image", full_decode)
     slow = extract(images, tmp_path / "b.h5", ex.ExtractionOptions(resize=64), model=imagenet_model)
     _, g, _ = read_descriptors(fast.path)
     _, g2, _ = read_descriptors(slow.path)

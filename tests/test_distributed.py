@@ -1,0 +1,168 @@
+"""The Ray backend: a local 2-worker cluster gives the single process's h5 and verification scores, a killed
+Ray run resumes from its finished shards, and --ray without Ray installed is one line."""
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import ray
+from conftest import FIXTURE
+from test_verify import _sift_database
+
+from mirror_sfm.cli import main
+from mirror_sfm.distributed import RayOptions, shards_dir
+from mirror_sfm.extract import extract
+from mirror_sfm.features_io import list_h5_names, partial_path
+from mirror_sfm.pairs import PairsOptions, generate_pairs
+from mirror_sfm.verify import VerifyOptions
+
+NAMES = sorted(os.listdir(FIXTURE))
+LOCAL_2 = RayOptions(address="local", workers=2, shard_size=3)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local 2-CPU Ray cluster for the module (`ray_cluster` uses a Ray already initialised, as it is)."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def single_h5(tmp_path_factory, imagenet_model):
+    """The fixture described by the single-process path."""
+    out = tmp_path_factory.mktemp("single") / "feats.h5"
+    extract(FIXTURE, out, model=imagenet_model)
+    return out
+
+
+def assert_same_h5(a, b):
+    """Same image groups, root attributes, image sizes and freshness attributes; descriptors equal up to fp16."""
+    assert list_h5_names(a) == list_h5_names(b) == NAMES
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        assert dict(fa.attrs) == dict(fb.attrs)
+        for name in NAMES:
+            ga, gb = fa[name], fb[name]
+            assert sorted(ga) == sorted(gb) == ["global_descriptor", "image_size", "regional_descriptors"]
+            assert dict(ga.attrs) == dict(gb.attrs)
+            assert ga["image_size"][()].tolist() == gb["image_size"][()].tolist()
+            for key in ("global_descriptor", "regional_descriptors"):
+                assert ga[key].dtype == gb[key].dtype == np.float16 and ga[key].shape == gb[key].shape
+                np.testing.assert_allclose(ga[key][()].astype(np.float32), gb[key][()], atol=2e-3, rtol=0)
+
+
+def test_two_ray_workers_write_the_single_process_h5(ray_local, single_h5, imagenet_model, tmp_path, mirror_log):
+    mirror_log.set_level(logging.INFO, logger="mirror_sfm")
+    out = tmp_path / "feats.h5"
+    r = extract(FIXTURE, out, model=imagenet_model, ray=LOCAL_2)
+    assert (r.num_extracted, r.num_cached, r.num_resumed, r.skipped) == (12, 0, 0, {})
+    assert "12 images in 4 shards on 2 Ray workers" in mirror_log.text
+    assert_same_h5(single_h5, out)
+    assert not shards_dir(out).exists() and not partial_path(out).exists()
+    again = extract(FIXTURE, out, model=imagenet_model, ray=LOCAL_2)  # a re-run: every image cached, as before
+    assert (again.num_extracted, again.num_cached) == (0, 12)
+
+
+def descendants(pid: int) -> list[int]:
+    """Ids of the processes below `pid` (Ray's workers start sessions of their own: not in the driver's group)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(run: subprocess.Popen) -> None:
+    """SIGKILL `run` and every process it started, at once (none of them writes after this returns)."""
+    tree = [run.pid, *descendants(run.pid)]
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in tree[1:]):
+        assert time.monotonic() < deadline, "killed processes still running"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def test_killed_ray_run_resumes_from_its_finished_shards(ray_local, single_h5, imagenet_model, tmp_path):
+    out = tmp_path / "feats.h5"
+    shards = shards_dir(out)
+    command = [sys.executable, "-m", "mirror_sfm", "extract", str(FIXTURE), "-o", str(out), "--weights", "imagenet"]
+    command += ["--ray", "local", "--ray-workers", "1", "--ray-shard-size", "2", "--batch-size", "1"]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(shards.glob("shard-*.h5")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    kill_tree(run)  # the driver, the Ray cluster it started and its workers, mid-run
+    assert not out.exists(), "the run finished before it was killed"
+    finished = {path.name: path.stat().st_mtime_ns for path in shards.glob("shard-*.h5")}
+    done = sorted(name for path in shards.glob("shard-*.h5") for name in list_h5_names(path))
+    assert finished and len(done) < len(NAMES)
+
+    r = extract(FIXTURE, out, model=imagenet_model, ray=RayOptions(address="local", workers=2, shard_size=2))
+    assert r.num_resumed == len(done)  # the finished shards are taken as they are ...
+    assert r.num_extracted == len(NAMES) - len(done)  # ... and only the other images described
+    assert_same_h5(single_h5, out)
+    assert not shards.exists()
+
+
+def test_ray_verification_gives_the_single_process_pairs_and_scores(ray_local, single_h5, imagenet_model, tmp_path):
+    database = _sift_database(tmp_path / "database.db", FIXTURE)
+    options = PairsOptions(verify=VerifyOptions(shortlist=6))
+    results = []
+    for name, ray_options in (("single", None), ("ray", LOCAL_2)):
+        out = tmp_path / name / "pairs.txt"
+        out.parent.mkdir()
+        features = out.with_name("feats.h5")
+        shutil.copyfile(single_h5, features)  # described already: this test is about verification
+        pairs = generate_pairs(
+            FIXTURE,
+            out,
+            num_matched=3,
+            features=features,
+            options=options,
+            model=imagenet_model,
+            database=database,
+            scores_output=out.with_name("scores.txt"),
+            ray=ray_options,
+        )
+        lines = [line.split() for line in out.with_name("scores.txt").read_text().splitlines()]
+        results.append((pairs, [(a, b, int(inliers)) for a, b, _, inliers in lines]))
+    assert results[0] == results[1]  # same pairs, same geometric scores (the verification's RANSAC is seeded)
+    assert len(results[0][0]) == 36 and any(s == 0 for *_, s in results[0][1])  # some shortlisted pairs fail
+    assert len(list((tmp_path / "ray" / "pairs-verify.db.shards").glob("worker-*.db"))) == 2
+
+
+def test_ray_flag_without_ray_installed_is_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as where it is not installed
+    out = tmp_path / "feats.h5"
+    code = main(["extract", str(FIXTURE), "-o", str(out), "--weights", "imagenet", "--ray", "local"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "pip install 'mirror_sfm[ray]'" in err[0]
+    assert not out.exists() and not shards_dir(out).exists()
