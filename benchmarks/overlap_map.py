@@ -289,7 +289,8 @@ def verified_ranking(pairs, cnn, database: Path, args: argparse.Namespace, depth
         per_query.setdefault(q, []).append(i)
     head = [i for idx in per_query.values() for i in idx[: options.shortlist]]
     scores = verify_pairs(database, [pairs[i] for i in head], options)
-    top, _, _ = rerank_by_geometry([pairs[i] for i in head], [cnn[i] for i in head], scores, options.shortlist)
+    # every candidate kept (own shortlist + verified reverse ones), then the rest of the CNN ranking
+    top, _, _ = rerank_by_geometry([pairs[i] for i in head], [cnn[i] for i in head], scores, len(head))
     tails = {q: [pairs[i] for i in idx[options.shortlist :]] for q, idx in per_query.items()}
     out = []
     for q, ranked in _group(top).items():
