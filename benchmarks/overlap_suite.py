@@ -209,13 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-num-features", type=int, default=2048)
     p.add_argument("--max-image-size", type=int, default=1600)
     p.add_argument("--words", type=int, default=4096)
+    p.add_argument(
+        "--vocab-tree",
+        help="rank with this tree (a file, or a template with {scene}) instead of building two-fold trees: e.g. "
+        "another suite's tree that never saw these scenes' photos",
+    )
     args = p.parse_args(argv)
     labels = [lbl for lbl in args.labels if (lbl / "geolabel").is_dir()]
     work = args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     for lbl in labels:
         seed_sift(lbl, work)
-    template = build_trees(labels, work, args) if any(m.startswith("vocabtree") for m in args.methods) else None
+    template = None
+    if any(m.startswith("vocabtree") for m in args.methods):
+        template = Path(args.vocab_tree) if args.vocab_tree else build_trees(labels, work, args)
     for method in args.methods:
         run(method, labels, args, template)
     text = table(args.methods, labels, args.out)
