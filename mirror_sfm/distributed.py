@@ -38,7 +38,6 @@ import torch
 from tqdm import tqdm
 
 from . import features_io
-from .database_reader import FeatureDatabase
 from .describing import ExtractionOptions, ExtractionResult, describe_batches, images_to_describe, resolve_device
 from .errors import MirrorError
 from .io_utils import atomic_path
@@ -410,21 +409,12 @@ def verify_on_ray(
     ray_options: RayOptions,
 ) -> dict[Pair, int]:
     """`verify.verify_pairs` on a Ray cluster: the same scores (keyed by the sorted name pair), see the module doc."""
-    from .verify import VerifyOptions, _pair_key
+    from .verify import VerifyOptions, checked_pair_keys
 
     options = options or VerifyOptions()
     options.validate()
     database, work_database = Path(database), Path(work_database)
-    keys = list(dict.fromkeys(_pair_key(a, b) for a, b in pairs if a != b))
-    with FeatureDatabase(database) as db:  # the checks of verify_pairs, here so their lines reach the console
-        involved = sorted({n for key in keys for n in key})
-        if allow_missing:
-            absent = {n for n in involved if n not in db.image_ids}
-            for name in sorted(absent):
-                logger.warning("no SIFT features for %s in %s: its pairs score 0", name, database)
-            keys = [k for k in keys if k[0] not in absent and k[1] not in absent]
-        else:
-            db.check_names(involved)
+    keys = checked_pair_keys(database, pairs, allow_missing)  # in the driver, so its lines reach the console
     scores = {k: 0 for k in keys}
     if not keys:
         return scores

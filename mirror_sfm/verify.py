@@ -119,6 +119,21 @@ def quiet_colmap(verbose: bool = False) -> Iterator[None]:
         pycolmap.logging.minloglevel = previous
 
 
+def checked_pair_keys(database: Path, pairs: Iterable[Pair], allow_missing: bool) -> list[Pair]:
+    """The unordered pairs to verify (sorted names, first-appearance order), checked against `database`: an image it
+    lacks is a MirrorError naming it, or with `allow_missing` a warning, and that image's pairs are left out."""
+    keys = list(dict.fromkeys(_pair_key(a, b) for a, b in pairs if a != b))
+    with FeatureDatabase(database) as db:
+        involved = sorted({n for key in keys for n in key})
+        if not allow_missing:
+            db.check_names(involved)
+            return keys
+        absent = {n for n in involved if n not in db.image_ids}
+    for name in sorted(absent):
+        logger.warning("no SIFT features for %s in %s: its pairs score 0", name, database)
+    return [k for k in keys if k[0] not in absent and k[1] not in absent]
+
+
 def verify_pairs(
     database: str | Path,
     pairs: Iterable[Pair],
@@ -136,16 +151,7 @@ def verify_pairs(
     options = options or VerifyOptions()
     options.validate()
     database = Path(database)
-    keys = list(dict.fromkeys(_pair_key(a, b) for a, b in pairs if a != b))
-    with FeatureDatabase(database) as db:
-        involved = sorted({n for key in keys for n in key})
-        if allow_missing:
-            absent = {n for n in involved if n not in db.image_ids}
-            for name in sorted(absent):
-                logger.warning("no SIFT features for %s in %s: its pairs score 0", name, database)
-            keys = [k for k in keys if k[0] not in absent and k[1] not in absent]
-        else:
-            db.check_names(involved)
+    keys = checked_pair_keys(database, pairs, allow_missing)
     scores = {k: 0 for k in keys}
     if not keys:
         return scores
