@@ -28,6 +28,7 @@ from .console import run_command
 from .distributed import RAY_INSTALL, RayOptions
 from .errors import MirrorError
 from .extract import ExtractionOptions
+from .learned_whitening import VECTORS, LearnedWhiteningOptions
 from .pairs import PairsOptions
 from .retrieval import RetrievalOptions
 from .verify import SCORES, VERIFY_METHODS, VerifyOptions
@@ -63,6 +64,12 @@ VERIFY_FLAGS = (
     Flag("num_features", ("--verify-features",), metavar="N"),
     Flag("score", ("--verify-score",), choices=SCORES),
     Flag("max_ratio", ("--verify-max-ratio",), metavar="R"),
+)
+LEARNED_WHITENING_FLAGS = (
+    Flag("positives", ("--positives",), metavar="CRITERION:THRESHOLD"),
+    Flag("vectors", ("--fit-on",), choices=VECTORS),
+    Flag("pre_dim", ("--pre-dim",), metavar="N"),
+    Flag("shrinkage", ("--shrinkage",)),
 )
 PAIRS_FLAGS = (
     Flag("sequential", ("--sequential",), metavar="W"),
@@ -186,12 +193,36 @@ def cmd_pairs(args) -> None:
 
 
 def cmd_whiten(args) -> None:
-    from .features_io import read_descriptors
     from .io_utils import check_writable
     from .model import load_model, save_weights
-    from .whitening import fit_pca_whitening
 
     check_writable(args.output)
+    if args.labels or args.split:
+        from .learned_whitening import load_label_folders, whitening_from_labels
+
+        options = options_from_args(LearnedWhiteningOptions, LEARNED_WHITENING_FLAGS, args, dim=args.dim)
+        options.validate()
+        scenes = list(args.labels or [])
+        if args.split:
+            from .train.data import split_scenes
+
+            scenes += split_scenes(args.labels_root, args.splits, args.split)
+        scenes = load_label_folders(scenes)  # every folder checked before the model loads
+        work = args.work or args.output.with_name(args.output.stem + "-descriptors")
+        model = load_model(args.weights)
+        model.whitening, info = whitening_from_labels(scenes, options, model, work)
+        model.meta["whitening"] = info
+        save_weights(model, args.output)
+        print(
+            f"learned whitening to {model.whitening.dim}-d fitted on {info['pairs']} matching pairs "
+            f"({info['positives']}, {info['vectors']} vectors) of {len(info['scenes'])} scenes -> {args.output}"
+        )
+        return
+    from .features_io import read_descriptors
+    from .whitening import fit_pca_whitening
+
+    if args.features is None:
+        raise MirrorError("whiten needs --features H5 (PCA whitening) or --labels DIR... (learned whitening)")
     _, glob, regional = read_descriptors(args.features, regional=True)
     model = load_model(args.weights)
     model.whitening = fit_pca_whitening(regional.reshape(-1, regional.shape[-1]), args.dim)
@@ -345,15 +376,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = command_parser(
         sub,
         "whiten",
-        "fit PCA whitening on a descriptor file and save it with the weights",
-        "Fitted on the regional descriptors of FEATURES; use the result with --weights FILE --whitening model.",
+        "fit descriptor whitening and save it with the weights",
+        "--features: PCA whitening of the regional descriptors of a descriptor file. --labels / --split: learned\n"
+        "whitening (Radenović et al.: whiten by the covariance of matching-pair differences, rotate by the PCA of\n"
+        "all descriptors) fitted on labelled scenes. Use the result with --weights FILE --whitening model.",
         "mirror_sfm whiten --features global-feats.h5 -o my-weights.pt\n"
+        "mirror_sfm whiten --split train --labels-root outputs/labels --positives ct:0.2 -o my-weights.pt\n"
         "mirror_sfm pairs images/ -o pairs.txt --weights my-weights.pt --whitening model",
     )
-    p.add_argument("--features", type=Path, required=True, metavar="H5", help="descriptor file from 'extract'")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--features", type=Path, metavar="H5", help="PCA whitening of this descriptor file from 'extract'")
+    src.add_argument(
+        "--labels",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="learned whitening (Radenović et al.) from these labelled scene folders (gtgen output): their images "
+        "are described at the extraction defaults, their positive pairs supervise the fit",
+    )
     p.add_argument("--weights", default="default", metavar="default|imagenet|PATH", help="weights to add it to")
     p.add_argument("--dim", type=int, default=256, help="output dimension")
     p.add_argument("-o", "--output", type=Path, required=True, help="new weights file (.pt)")
+    g = p.add_argument_group("learned whitening (--labels or --split)")
+    add_flags(g, LearnedWhiteningOptions, LEARNED_WHITENING_FLAGS)
+    g.add_argument("--split", metavar="NAME", help="also the scenes of this split (e.g. train) under --labels-root")
+    g.add_argument("--labels-root", type=Path, default=Path("outputs/labels"), help="labelled scene folders")
+    g.add_argument("--splits", type=Path, metavar="YAML", help="split file (None: the checkout's configs/splits.yaml)")
+    g.add_argument(
+        "--work",
+        type=Path,
+        metavar="DIR",
+        help="keep each scene's descriptors here, resumable (None: OUTPUT-descriptors/ beside the output)",
+    )
     p.set_defaults(func=cmd_whiten)
 
     p = command_parser(
