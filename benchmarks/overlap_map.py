@@ -213,7 +213,12 @@ def retrieval_rankings(
     cnn_depth = max(depth, args.verify_shortlist) if verified else depth
     options = PairsOptions(
         ExtractionOptions(resize=args.resize, weights=args.weights, device=args.torch_device),
-        RetrievalOptions(num_matched=cnn_depth, rerank=args.rerank, shortlist=max(args.shortlist, cnn_depth)),
+        RetrievalOptions(
+            num_matched=cnn_depth,
+            rerank=args.rerank,
+            shortlist=max(args.shortlist, cnn_depth),
+            whitening=args.whitening,
+        ),
     )
     t0 = time.perf_counter()
     model = load_model(args.weights)
@@ -306,7 +311,8 @@ def method_label(args: argparse.Namespace) -> str:
             if args.verify == "sift"
             else ""
         )
-        return f"retrieval (weights {args.weights}, rerank {args.rerank}, resize {args.resize}{verified})"
+        whitening = f", whitening {args.whitening}" if args.whitening != "none" else ""
+        return f"retrieval (weights {args.weights}, rerank {args.rerank}, resize {args.resize}{whitening}{verified})"
     verified = f", top {args.sv_candidates} verified" if args.sv_candidates else ""
     if args.sv_candidates and args.sv_features > 0:
         verified += f" with {args.sv_features} features"
@@ -627,6 +633,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--weights", default="default")
     g.add_argument("--rerank", choices=["prmac", "none"], default="prmac")
     g.add_argument("--shortlist", type=int, default=100)
+    g.add_argument(
+        "--whitening",
+        choices=["none", "model", "database"],
+        default="none",
+        help="descriptor whitening (model: the --weights file's own, e.g. learned whitening)",
+    )
     g.add_argument("--resize", type=int, default=384)
     g.add_argument("--torch-device", default="auto")
     g.add_argument(

@@ -105,14 +105,15 @@ def run(method: str, labels: list[Path], args: argparse.Namespace, template: Pat
         "--max-image-size",
         str(args.max_image_size),
     ]
+    whiten = ["--whitening", args.whitening]
     if method == "cnn":
-        extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "none"]
+        extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "none", *whiten]
     elif method == "prmac":
-        extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "prmac"]
+        extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "prmac", *whiten]
     elif method.startswith("verified@"):  # verified@N[:F][-effective|-inliers]: first F features, score
         spec, _, score = method.split("@")[1].partition("-")
         shortlist, _, features = spec.partition(":")
-        extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "prmac", "--verify", "sift"]
+        extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "prmac", *whiten, "--verify", "sift"]
         extra += ["--verify-shortlist", shortlist, "--verify-features", features or str(args.verify_features)]
         extra += ["--verify-score", score] if score else []
     else:
@@ -205,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     p.add_argument("--weights", default="default")
+    p.add_argument(
+        "--whitening",
+        choices=["none", "model", "database"],
+        default="none",
+        help="descriptor whitening of the CNN methods (model: the --weights file's own)",
+    )
     p.add_argument("--verify-features", type=int, default=2048, help="verified@N's features (pairs' default)")
     p.add_argument("--max-num-features", type=int, default=2048)
     p.add_argument("--max-image-size", type=int, default=1600)

@@ -287,6 +287,39 @@ def table(results: list[dict], set_name: str, title: str, scene_metrics: tuple[s
     return "\n".join(lines) + "\n"
 
 
+def summary_table(results: list[dict]) -> str:
+    """The condensed table (RESULTS.md): validation per scene and mean, pooled recall, and the training scenes left out
+    (LOSO) and in-sample, one row per config."""
+    base = next((r for r in results if r["config"] == "none"), None)
+    val_scenes = list(results[0]["sets"]["validation"]["scenes"])
+    head = ["config"] + [f"{sc} AP@10" for sc in val_scenes]
+    head += ["mean AP@10 CO", "mean AP@10 CT", "mean R@20", "mean R@50", "pooled R@20", "pooled R@50"]
+    head += ["Δ AP@10 CO, all 145 queries [95 % CI]", "training LOSO AP@10 CO", "training in-sample AP@10 CO"]
+    lines = [
+        "Summary (validation: AP@10 at CO ≥ 0.5 per scene, means over the 3 scenes, recall of CT ≥ 0.2 neighbours; "
+        "training: mean over the 9 scenes):",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * (len(head) - 1),
+    ]
+    for r in results:
+        val, pooled = r["sets"]["validation"], r["sets"]["validation-pooled"]["all_queries"]
+        m = val["mean_scenes"]
+        cells = [f"`{r['config']}`"] + [f"{val['scenes'][sc]['ap10_co']:.3f}" for sc in val_scenes]
+        cells += [f"{m[k]:.3f}" for k in ("ap10_co", "ap10_ct", "recall20_ct", "recall50_ct")]
+        cells += [f"{pooled['recall20_ct']:.3f}", f"{pooled['recall50_ct']:.3f}"]
+        if base:
+            d, lo, hi = paired_delta(val, base["sets"]["validation"])
+            cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        else:
+            cells.append("–")
+        loso = r["sets"].get("training-loso")
+        cells.append(f"{loso['mean_scenes']['ap10_co']:.3f}" if loso else "–")
+        cells.append(f"{r['sets']['training']['mean_scenes']['ap10_co']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
@@ -344,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     every = ("ap10_co", "recall20_ct", "recall50_ct")
     text = "\n".join(
         [
+            summary_table(results),
             table(results, "validation", "Validation scenes, each searched alone:", every),
             table(results, "validation-pooled", "Validation scenes pooled into one database:", every),
             table(

@@ -200,7 +200,9 @@ def cmd_whiten(args) -> None:
     if args.labels or args.split:
         from .learned_whitening import load_label_folders, whitening_from_labels
 
-        options = options_from_args(LearnedWhiteningOptions, LEARNED_WHITENING_FLAGS, args, dim=args.dim)
+        options = options_from_args(LearnedWhiteningOptions, LEARNED_WHITENING_FLAGS, args)
+        if args.dim is not None:
+            options.dim = args.dim
         options.validate()
         scenes = list(args.labels or [])
         if args.split:
@@ -225,7 +227,7 @@ def cmd_whiten(args) -> None:
         raise MirrorError("whiten needs --features H5 (PCA whitening) or --labels DIR... (learned whitening)")
     _, glob, regional = read_descriptors(args.features, regional=True)
     model = load_model(args.weights)
-    model.whitening = fit_pca_whitening(regional.reshape(-1, regional.shape[-1]), args.dim)
+    model.whitening = fit_pca_whitening(regional.reshape(-1, regional.shape[-1]), args.dim or 256)
     model.meta["whitening_fitted_on"] = str(args.features)
     save_weights(model, args.output)
     print(f"PCA whitening to {model.whitening.dim}-d fitted on {len(glob)} images -> {args.output}")
@@ -395,7 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
         "are described at the extraction defaults, their positive pairs supervise the fit",
     )
     p.add_argument("--weights", default="default", metavar="default|imagenet|PATH", help="weights to add it to")
-    p.add_argument("--dim", type=int, default=256, help="output dimension")
+    p.add_argument(
+        "--dim",
+        type=int,
+        metavar="N",
+        help="output dimension (None: 256 for PCA, the descriptors' own for learned whitening)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="new weights file (.pt)")
     g = p.add_argument_group("learned whitening (--labels or --split)")
     add_flags(g, LearnedWhiteningOptions, LEARNED_WHITENING_FLAGS)

@@ -506,3 +506,23 @@ def test_sfm_comparison_features_from_another_run(tmp_path, capsys):
     (rec,) = json.loads((out / "results.json").read_text())
     assert rec["sift_shared_s"] == stats["time_s"]["features"] and rec["registered"] >= 10
     assert rec["pairs_to_match"] <= 36  # the source's sequential matches were dropped
+
+
+def test_whitening_eval_configs_recall_and_paired_delta():
+    wev = _load("whitening_eval")
+    assert wev.parse_config("none") == {"kind": "none"}
+    assert wev.parse_config("pca-db:128") == {"kind": "pca-db", "dim": 128}
+    cfg = wev.parse_config("lw:co0.5:global:64:pre128:s0.3")
+    assert cfg == {"kind": "lw", "positives": "co:0.5", "vectors": "global", "dim": 64, "pre_dim": 128,
+                   "shrinkage": 0.3}  # fmt: skip
+    assert wev.parse_config("lw:ct0.2:regional:256")["pre_dim"] == 512  # the documented default
+    for bad in ("lw:ct0.2:regional", "pca-db:x", "lw:ct0.2:regional:8:zz", "whatever"):
+        with pytest.raises(SystemExit, match="malformed config"):
+            wev.parse_config(bad)
+    ranked = {"q1": ["a", "b", "c"], "q2": ["c", "a"], "q3": ["a"]}
+    gt = {"q1": {"b", "c"}, "q2": {"b"}, "q3": set()}
+    assert wev.recall_at(ranked, gt, 2) == (pytest.approx((0.5 + 0.0) / 2), 2)  # q3 has no neighbour: not counted
+    base = {"scenes": {"s": {"ap10_co_per_query": {"q1": 0.5, "q2": 0.5, "q3": 0.5}}}}
+    better = {"scenes": {"s": {"ap10_co_per_query": {"q1": 0.6, "q2": 0.6, "q3": 0.6}}}}
+    mean, lo, hi = wev.paired_delta(better, base, samples=200)
+    assert mean == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
