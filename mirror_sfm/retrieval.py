@@ -207,14 +207,21 @@ def add_chunked(index: faiss.Index, db: np.ndarray, chunk: int = 65536, desc: st
         index.add(as_float32(db[start : start + chunk]))
 
 
-def to_gpu(index: faiss.Index) -> faiss.Index:
-    """The index on GPU 0 (codes of 56 bytes and more need float16 look-up tables there)."""
+def to_gpu(index: faiss.Index, options: RetrievalOptions) -> faiss.Index:
+    """The index on GPU 0 (float16 look-up tables, which codes of 56 bytes and more need there). An index
+    faiss-gpu cannot hold stays on the CPU with a warning, or is one MirrorError with use_gpu=yes."""
     co = faiss.GpuClonerOptions()
     co.useFloat16 = True
     try:
-        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index, co)
+        gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index, co)
     except RuntimeError as exc:
-        raise MirrorError(f"faiss-gpu cannot hold this index ({str(exc).strip()}); use use_gpu=no") from None
+        reason = str(exc).strip().splitlines()[-1]
+        if options.use_gpu == "yes":
+            raise MirrorError(f"faiss-gpu cannot hold index {options.index!r} ({reason}); use use_gpu=no") from None
+        logger.warning("faiss-gpu cannot hold index %r (%s): searching on the CPU", options.index, reason)
+        return index
+    set_nprobe(gpu_index, options.ivf_nprobe)
+    return gpu_index
 
 
 def build_index(db: np.ndarray, options: RetrievalOptions) -> faiss.Index:
@@ -228,8 +235,7 @@ def build_index(db: np.ndarray, options: RetrievalOptions) -> faiss.Index:
         index = make_compressed_index(db, options, gpu)
         train_index(index, db, options)
     if gpu:
-        index = to_gpu(index)
-        set_nprobe(index, options.ivf_nprobe)
+        index = to_gpu(index, options)
     add_chunked(index, db)
     return index
 

@@ -231,3 +231,33 @@ def test_fixture_ranks_turntable_neighbours_first(fixture_images, imagenet_model
     for a, b in read_pairs(tmp_path / "pr.txt"):
         ranking.setdefault(a, []).append(b)
     assert mean_average_precision(ranking, gt, 2).map_mirror > 0.8
+
+
+def test_gpu_path_moves_the_trained_index_or_falls_back_to_the_cpu(monkeypatch, mirror_log):
+    """No GPU here: faiss-gpu's calls are stood in for, to check what build_index hands them and does after."""
+    import mirror_sfm.retrieval as retrieval
+
+    g = clustered(n=1500, d=320)
+    moved = []
+
+    def fake_cpu_to_gpu(resources, device, index, options):
+        moved.append((device, index.is_trained, options.useFloat16))
+        return index  # stands in for the GPU copy
+
+    monkeypatch.setattr(retrieval, "faiss_gpu_available", lambda: True)
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "GpuClonerOptions", lambda: type("Options", (), {})(), raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", fake_cpu_to_gpu, raising=False)
+    index = build_index(g, RetrievalOptions(exact_max=500, ivf_nprobe=7))
+    assert moved == [(0, True, True)]  # trained on the CPU, then moved; float16 look-up tables
+    assert index.ntotal == len(g) and faiss.extract_index_ivf(index).nprobe == 7
+
+    def refuse(*args):
+        raise RuntimeError("Error in ...: not implemented on the GPU")
+
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", refuse, raising=False)
+    index = build_index(g, RetrievalOptions(exact_max=500))
+    assert index.ntotal == len(g) and not is_exact(index)  # auto: stays on the CPU
+    assert "searching on the CPU" in mirror_log.text
+    with pytest.raises(MirrorError, match="faiss-gpu cannot hold"):
+        build_index(g, RetrievalOptions(exact_max=500, use_gpu="yes"))
