@@ -1,13 +1,17 @@
 """Nearest-neighbour search over global descriptors, PR-MAC re-ranking and alpha query expansion.
 
 Memory stays bounded: queries go to faiss in chunks (no dense N x N matrix). Exact inner-product search
-up to `exact_max` database images; an IVF index above that. faiss-gpu is used when it and a GPU exist.
+up to `exact_max` database images; above that a compressed faiss index (`RetrievalOptions.index`, by default
+PCA to 256-d, IVF and 4-bit fast-scan PQ: under 64 bytes per image at 1M) trained on a fixed-seed sample, whose
+`refine` best candidates per query are re-scored exactly from the descriptors the caller holds (the index keeps
+only its codes). faiss-gpu is used when it and a GPU exist (fast-scan PQ becomes 8-bit PQ of the same size there).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 import faiss
@@ -15,10 +19,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .errors import MirrorError
 from .pooling import prmac_score, rmac_from_regions
 from .whitening import Whitening, fit_pca_whitening
 
 logger = logging.getLogger(__name__)
+
+# The compressed index above exact_max, chosen on real-like descriptors at 1M (benchmarks/RESULTS.md, index_scale).
+DEFAULT_INDEX = "PCAR240,IVF{nlist},PQ48np"
+DEFAULT_NPROBE = 16
+DEFAULT_REFINE = 400
+GPU_MAX_K = 2048  # faiss-gpu returns at most this many neighbours per query
 
 
 @dataclass
@@ -33,8 +44,12 @@ class RetrievalOptions:
         qe_alpha: the exponent of alpha query expansion.
         whitening: descriptor whitening: none | model (the weights' own) | database (PCA fitted on these images).
         whitening_dim: output dimension of 'database' whitening.
-        exact_max: exact search up to this many database images, faiss IVF above.
-        ivf_nprobe: IVF cells searched per query.
+        exact_max: exact search up to this many database images, the compressed index (`index`) above.
+        index: faiss index_factory string of the compressed index used above `exact_max` ({nlist}: `ivf_nlist`).
+        ivf_nlist: inverted lists of the compressed index (0: the power of 2 nearest 4 sqrt(N)).
+        ivf_nprobe: inverted lists searched per query.
+        refine: compressed-index candidates per query re-scored exactly from the descriptors (0: none).
+        train_per_list: training vectors per inverted list (a fixed-seed sample of the database).
         chunk_size: queries per faiss call (bounds memory).
         use_gpu: faiss on the GPU: auto | yes | no.
     """
@@ -47,7 +62,11 @@ class RetrievalOptions:
     whitening: str = "none"
     whitening_dim: int = 256
     exact_max: int = 100_000
-    ivf_nprobe: int = 32
+    index: str = DEFAULT_INDEX
+    ivf_nlist: int = 0
+    ivf_nprobe: int = DEFAULT_NPROBE
+    refine: int = DEFAULT_REFINE
+    train_per_list: int = 50
     chunk_size: int = 2048
     use_gpu: str = "auto"
 
@@ -64,45 +83,234 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def build_index(db: np.ndarray, options: RetrievalOptions) -> faiss.Index:
-    """Inner-product index over L2-normalised rows: flat (exact) or IVF for large databases."""
+def ivf_nlist(n: int, options: RetrievalOptions) -> int:
+    """Inverted lists for `n` vectors: `options.ivf_nlist`, else the power of 2 nearest 4 sqrt(n) (64..65536)."""
+    if options.ivf_nlist > 0:
+        return options.ivf_nlist
+    return int(2 ** round(math.log2(min(65536, max(64, 4 * math.sqrt(n))))))
+
+
+def index_spec(n: int, options: RetrievalOptions, gpu: bool = False) -> str:
+    """The factory string of the compressed index for `n` vectors; on the GPU, fast-scan 4-bit PQ (CPU only)
+    becomes 8-bit PQ of the same code size (PQ{2m}x4fs -> PQ{m})."""
+    spec = options.index.replace("{nlist}", str(ivf_nlist(n, options)))
+    if gpu:
+        spec = re.sub(r"PQ(\d+)x4fs", lambda m: f"PQ{int(m.group(1)) // 2}", spec)
+    return spec
+
+
+def _use_gpu(options: RetrievalOptions) -> bool:
+    if options.use_gpu not in ("auto", "yes", "no"):
+        raise MirrorError(f"use_gpu must be auto, yes or no, not {options.use_gpu!r}")
+    if options.use_gpu == "yes" and not faiss_gpu_available():
+        raise MirrorError("use_gpu=yes but faiss has no GPU here (install faiss-gpu on a machine with a GPU)")
+    return options.use_gpu == "yes" or (options.use_gpu == "auto" and faiss_gpu_available())
+
+
+def as_float32(rows: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+def training_sample(db: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """`size` rows of `db` (all when fewer), a fixed-seed random choice in database order, as float32."""
+    if size >= len(db):
+        return as_float32(db)
+    rows = np.sort(np.random.default_rng(seed).choice(len(db), size, replace=False))
+    return as_float32(db[rows])
+
+
+def make_compressed_index(db: np.ndarray, options: RetrievalOptions, gpu: bool = False) -> faiss.Index:
+    """The untrained compressed inner-product index for `db` (N, D): `options.index`, `ivf_nprobe` set."""
     n, d = db.shape
-    db = np.ascontiguousarray(db, dtype=np.float32)
-    if n <= options.exact_max:
-        index = faiss.IndexFlatIP(d)
-    else:
-        nlist = int(min(65536, max(64, 4 * math.sqrt(n))))
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        train = db[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)]
-        logger.info("training IVF index (%d lists) on %d of %d vectors", nlist, len(train), n)
-        index.train(train)
-        index.nprobe = options.ivf_nprobe
-    use_gpu = options.use_gpu == "yes" or (options.use_gpu == "auto" and faiss_gpu_available())
-    if use_gpu:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    index.add(db)
+    spec = index_spec(n, options, gpu)
+    try:
+        index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise MirrorError(f"faiss cannot build index {spec!r} for {d}-d descriptors: {str(exc).strip()}") from None
+    set_nprobe(index, options.ivf_nprobe)
     return index
 
 
+def set_nprobe(index: faiss.Index, nprobe: int) -> None:
+    """Set the inverted lists searched per query on an IVF index (inside any pre-transform, on the CPU or the
+    GPU); an index without inverted lists is left as it is."""
+    space = faiss.GpuParameterSpace() if "Gpu" in _inner(index).__class__.__name__ else faiss.ParameterSpace()
+    try:
+        space.set_index_parameter(index, "nprobe", nprobe)
+    except RuntimeError:  # no inverted lists (a flat index)
+        pass
+
+
+def _inner(index: faiss.Index) -> faiss.Index:
+    """The index under any pre-transform (faiss.downcast_index gives the concrete class)."""
+    index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index
+
+
+def train_index(index: faiss.Index, db: np.ndarray, options: RetrievalOptions) -> None:
+    """Train on a fixed-seed sample of `train_per_list` x nlist database rows (all rows when fewer).
+
+    A leading PCA of the index is fitted uncentred (`fit_uncentred_pca`): faiss's PCA subtracts the mean, and
+    the inner product of centred vectors ranks a query's neighbours differently from their own inner product
+    (by <q - mean, x>), which the index must approximate.
+    """
+    try:
+        nlist = faiss.extract_index_ivf(index).nlist
+    except RuntimeError:
+        nlist = ivf_nlist(len(db), options)
+    sample = training_sample(db, options.train_per_list * nlist)
+    logger.info("training the %s index on %d of %d vectors", options.index, len(sample), len(db))
+    try:
+        pca = _leading_pca(index)
+        if pca is not None:
+            fit_uncentred_pca(pca, sample)
+        index.train(sample)
+    except RuntimeError as exc:
+        raise MirrorError(
+            f"cannot train index {options.index!r} on {db.shape[1]}-d descriptors: {str(exc).strip()}"
+        ) from None
+
+
+def fit_uncentred_pca(pca: faiss.PCAMatrix, sample: np.ndarray, chunk: int = 16384) -> None:
+    """Fit a faiss PCAMatrix (its output size, random rotation) on the uncentred second moment of `sample`,
+    the PCA that keeps inner products, computed in chunks (no copy of the sample). Only the d_out x d
+    projection is kept: the d x d eigenvector matrix is not stored with the index."""
+    d = sample.shape[1]
+    moment = np.zeros((d, d), dtype=np.float64)
+    for start in range(0, len(sample), chunk):
+        x = sample[start : start + chunk].astype(np.float64)
+        moment += x.T @ x
+    values, vectors = np.linalg.eigh(moment / len(sample))
+    order = np.argsort(-values)
+    faiss.copy_array_to_vector(np.zeros(d, np.float32), pca.mean)
+    faiss.copy_array_to_vector(values[order].astype(np.float32), pca.eigenvalues)
+    faiss.copy_array_to_vector(np.ascontiguousarray(vectors[:, order].T, dtype=np.float32).ravel(), pca.PCAMat)
+    pca.prepare_Ab()
+    pca.is_trained = True
+    pca.PCAMat.resize(0)
+
+
+def _leading_pca(index: faiss.Index):
+    """The untrained PCAMatrix that first transforms the index's input, or None."""
+    index = faiss.downcast_index(index)
+    if not isinstance(index, faiss.IndexPreTransform) or index.chain.size() == 0:
+        return None
+    first = faiss.downcast_VectorTransform(index.chain.at(0))
+    return first if isinstance(first, faiss.PCAMatrix) and not first.is_trained else None
+
+
+def add_chunked(index: faiss.Index, db: np.ndarray, chunk: int = 65536, desc: str = "index") -> None:
+    """Add `db` rows in float32 chunks (any float dtype, e.g. float16 or a memmap: no full float32 copy)."""
+    for start in tqdm(range(0, len(db), chunk), desc=desc, unit="chunk", disable=len(db) <= chunk):
+        index.add(as_float32(db[start : start + chunk]))
+
+
+def to_gpu(index: faiss.Index, options: RetrievalOptions) -> faiss.Index:
+    """The index on GPU 0 (float16 look-up tables, which codes of 56 bytes and more need there). An index
+    faiss-gpu cannot hold stays on the CPU with a warning, or is one MirrorError with use_gpu=yes."""
+    co = faiss.GpuClonerOptions()
+    co.useFloat16 = True
+    try:
+        gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index, co)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1]
+        if options.use_gpu == "yes":
+            raise MirrorError(f"faiss-gpu cannot hold index {options.index!r} ({reason}); use use_gpu=no") from None
+        logger.warning("faiss-gpu cannot hold index %r (%s): searching on the CPU", options.index, reason)
+        return index
+    set_nprobe(gpu_index, options.ivf_nprobe)
+    return gpu_index
+
+
+def build_index(db: np.ndarray, options: RetrievalOptions) -> faiss.Index:
+    """Inner-product index over L2-normalised rows: exact (IndexFlatIP) up to `exact_max` rows, else the
+    compressed `options.index` trained on a fixed-seed sample; on the GPU when faiss-gpu and a GPU exist."""
+    n, d = db.shape
+    gpu = _use_gpu(options)
+    if n <= options.exact_max:
+        index = faiss.IndexFlatIP(d)
+    else:
+        index = make_compressed_index(db, options, gpu)
+        train_index(index, db, options)
+    if gpu:
+        index = to_gpu(index, options)
+    add_chunked(index, db)
+    return index
+
+
+def is_exact(index: faiss.Index) -> bool:
+    """True for a flat (exhaustive, uncompressed) index, on the CPU or the GPU."""
+    return isinstance(_inner(index), faiss.IndexFlat) or _inner(index).__class__.__name__.startswith("GpuIndexFlat")
+
+
+def rescore(db: np.ndarray, queries: np.ndarray, cand: np.ndarray, budget_bytes: int = 64 << 20) -> np.ndarray:
+    """Exact inner products of each query (Q, D) with its candidates `cand` (Q, R), rows of `db` (-1: none ->
+    -inf). A float32 in-memory `db` is read in place by faiss (threaded); any other (float16, a memmap) is
+    gathered at most ~`budget_bytes` of candidate descriptors at a time."""
+    q, r = cand.shape
+    out = np.full((q, r), -np.inf, dtype=np.float32)
+    queries = as_float32(queries)
+    cand = np.ascontiguousarray(cand, dtype=np.int64)
+    if (
+        isinstance(db, np.ndarray)
+        and not isinstance(db, np.memmap)
+        and db.dtype == np.float32
+        and db.flags.c_contiguous
+    ):
+        ptr = faiss.swig_ptr
+        faiss.fvec_inner_products_by_idx(ptr(out), ptr(queries), ptr(db), ptr(cand), db.shape[1], q, r)
+        return out
+    step = max(1, budget_bytes // max(1, r * db.shape[1] * 4))
+    for s in range(0, q, step):
+        c = cand[s : s + step]
+        vecs = as_float32(db[np.clip(c, 0, None).ravel()]).reshape(len(c), r, -1)
+        sc = np.einsum("qd,qrd->qr", queries[s : s + step], vecs)
+        out[s : s + step] = np.where(c >= 0, sc, -np.inf)
+    return out
+
+
 def search(
-    index: faiss.Index, queries: np.ndarray, k: int, query_ids: np.ndarray | None, chunk_size: int, desc: str = "search"
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    query_ids: np.ndarray | None,
+    chunk_size: int,
+    desc: str = "search",
+    db: np.ndarray | None = None,
+    refine: int = 0,
 ) -> Neighbors:
-    """Top-k by inner product per query, excluding the query itself (`query_ids[i]` = its database index)."""
+    """Top-k by inner product per query, excluding the query itself (`query_ids[i]` = its database index).
+
+    Queries go to faiss `chunk_size` at a time, so memory is bounded by chunk_size x (k or refine). With `db`
+    (the indexed descriptors, any float dtype) and `refine` > 0, a compressed index returns `refine`
+    candidates per query that are re-scored exactly from `db` (rows gathered in chunks: the index itself keeps
+    only its codes) and the top k of them kept.
+    """
     q = np.ascontiguousarray(queries, dtype=np.float32)
     extra = 1 if query_ids is not None else 0
-    kk = min(k + extra, index.ntotal)
+    rescoring = db is not None and refine > 0 and not is_exact(index)
+    kk = min(max(k, refine if rescoring else 0) + extra, index.ntotal)
+    if "Gpu" in _inner(index).__class__.__name__:
+        kk = min(kk, GPU_MAX_K)
     out_i = np.full((len(q), k), -1, dtype=np.int64)
     out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
     for start in tqdm(range(0, len(q), chunk_size), desc=desc, unit="chunk", disable=len(q) <= chunk_size):
-        scores, idx = index.search(q[start : start + chunk_size], kk)
-        for row in range(len(idx)):
-            keep = idx[row] >= 0
-            if query_ids is not None:
-                keep &= idx[row] != query_ids[start + row]
-            sel_i, sel_s = idx[row][keep][:k], scores[row][keep][:k]
-            out_i[start + row, : len(sel_i)] = sel_i
-            out_s[start + row, : len(sel_s)] = sel_s
+        qc = q[start : start + chunk_size]
+        scores, idx = index.search(qc, kk)
+        if query_ids is not None:
+            idx[idx == np.asarray(query_ids[start : start + chunk_size])[:, None]] = -1
+        if rescoring:
+            scores = rescore(db, qc, idx)
+            order = np.argsort(-scores, axis=1, kind="stable")
+        else:  # faiss's order; the excluded and missing (-1) go last
+            order = np.argsort(idx < 0, axis=1, kind="stable")
+        idx = np.take_along_axis(idx, order, axis=1)[:, :k]
+        scores = np.take_along_axis(scores, order, axis=1)[:, :k]
+        scores[idx < 0] = -np.inf
+        out_i[start : start + len(qc), : idx.shape[1]] = idx
+        out_s[start : start + len(qc), : idx.shape[1]] = scores
     return Neighbors(out_i, out_s)
 
 
@@ -189,11 +397,13 @@ def retrieve(
         logger.warning("no regional descriptors: PR-MAC re-ranking skipped")
     depth = max(k, min(options.shortlist, n - 1)) if rerank else k
     index = build_index(glob, options)
-    queries = glob[query_ids]
-    nn = search(index, queries, max(depth, options.query_expansion), query_ids, options.chunk_size)
+    every = len(query_ids) == n and np.array_equal(query_ids, np.arange(n))
+    queries = glob if every else glob[query_ids]  # every image a query: no copy of the descriptors
+    refine = {"db": glob, "refine": options.refine}
+    nn = search(index, queries, max(depth, options.query_expansion), query_ids, options.chunk_size, **refine)
     if options.query_expansion > 0:
         queries = alpha_query_expansion(queries, glob, nn, options.query_expansion, options.qe_alpha)
-        nn = search(index, queries, depth, query_ids, options.chunk_size, desc="search (QE)")
+        nn = search(index, queries, depth, query_ids, options.chunk_size, desc="search (QE)", **refine)
     nn = Neighbors(nn.indices[:, :depth], nn.scores[:, :depth])
     if rerank:
         regional = np.ascontiguousarray(regional, dtype=np.float16)
