@@ -360,19 +360,25 @@ def bench(args) -> None:
             if any(r["n"] == n and r["config"] == name for r in done):
                 print(f"{name} at {n:,}: already in {results}", flush=True)
                 continue
-            queue = ctx.Queue()
-            proc = ctx.Process(target=bench_config, args=(args.out, n, name, args, queue))
-            proc.start()
-            while True:
-                try:
-                    rows = queue.get(timeout=5)
-                    break
-                except Empty:
-                    if not proc.is_alive():
-                        sys.exit(f"{name} at {n:,} failed (exit code {proc.exitcode}): see above")
-            proc.join()
-            done += rows
+            done += run_isolated(ctx, bench_config, (args.out, n, name, args), f"{name} at {n:,}")
             write_text_atomic(results, "".join(json.dumps(r) + "\n" for r in done))
+
+
+def run_isolated(ctx, target, args: tuple, label: str) -> list[dict]:
+    """Run `target(*args, queue)` in a fresh process (its own peak memory) and return the rows it puts on the
+    queue; a process that dies without answering ends the benchmark with one line naming `label`."""
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    while True:
+        try:
+            rows = queue.get(timeout=5)
+            break
+        except Empty:
+            if not proc.is_alive():
+                sys.exit(f"{label} failed (exit code {proc.exitcode}): see above")
+    proc.join()
+    return rows
 
 
 def full_config(out: Path, n: int, args, queue) -> None:
@@ -417,18 +423,7 @@ def full(args) -> None:
     done = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     ctx = mp.get_context("spawn")
     for n in args.sizes:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=full_config, args=(args.out, n, args, queue))
-        proc.start()
-        while True:
-            try:
-                rows = queue.get(timeout=5)
-                break
-            except Empty:
-                if not proc.is_alive():
-                    sys.exit(f"retrieve at {n:,} failed (exit code {proc.exitcode}): see above")
-        proc.join()
-        done += rows
+        done += run_isolated(ctx, full_config, (args.out, n, args), f"retrieve at {n:,}")
         write_text_atomic(results, "".join(json.dumps(r) + "\n" for r in done))
 
 
