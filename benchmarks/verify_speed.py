@@ -196,7 +196,7 @@ def markdown(r: dict) -> str:
             "| N \\ F | " + " | ".join(str(f) for f in r["grid_features"]) + " |",
             "|---|" + "---:|" * len(r["grid_features"]),
         ]
-    for n in r.get("grid_shortlists", []) if "grid" in r else []:
+    for n in r["grid_shortlists"] if "grid" in r else []:
         cells = [r["grid"][f"{n}x{f}"] for f in r["grid_features"]]
         lines.append(
             f"| {n} | "
