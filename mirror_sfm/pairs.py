@@ -196,9 +196,9 @@ def generate_pairs(
     `resolve_num_matched`; overriding a non-default K of `options` is logged as a warning). `database`: a COLMAP
     database holding SIFT for these images, read (never written) for verification; without it light SIFT is
     extracted into `output` + `-sift.db` beside the output (resumable); verification matches into `output` +
-    `-verify.db` (a copy holding the first `num_features` features; keep it to resume). `scores_output`:
-    `name1 name2 cnn_score` lines, plus the geometric score (verified inliers, 0 = failed) as a fourth field
-    when verified.
+    `-verify.db` (a copy holding each image's `num_features` largest-scale features; keep it to resume).
+    `scores_output`: `name1 name2 cnn_score` lines, plus the geometric score (verified inliers, 0 = failed) as a
+    fourth field when verified.
     `ray` with an address: extraction and shortlist verification run on that Ray cluster (`distributed`; light
     SIFT is still extracted by this process), with the same results.
     Returns the pairs written. The pair file (and the scores file) are written atomically.

@@ -1,7 +1,8 @@
 """Geometric verification of a retrieval shortlist with the SIFT features COLMAP matches anyway.
 
 Each image's CNN shortlist (its top N candidates) is re-ranked by how well the pair verifies in COLMAP's own
-hands: the first ``num_features`` SIFT features of both images (COLMAP stores the largest scales first) are
+hands: the ``num_features`` largest-scale SIFT features of both images (COLMAP's vocab-tree verification keeps the same;
+the first rows would be the finest scales, which COLMAP stores first: ``database_reader.feature_subset``) are
 matched and verified by ``pycolmap.match_image_pairs`` (its SIFT matcher: mutual nearest neighbours, ratio 0.8,
 distance 0.7; then two-view geometry: E, F or H by RANSAC, 4 px) in a working database of mirror_sfm's own
 (``working_database``: the source cut to those features). The geometric score of a pair is its number of inlier
@@ -56,7 +57,7 @@ class VerifyOptions:
         method: sift: re-rank each image's CNN shortlist by SIFT inliers (COLMAP's matching rule and two-view
             geometry); none: CNN + PR-MAC order only, the fast mode.
         shortlist: CNN candidates per image that are verified (N >= K).
-        num_features: SIFT features per image used to verify, largest scale first.
+        num_features: SIFT features per image used to verify: its largest scales.
         min_num_inliers: COLMAP's TwoViewGeometryOptions.min_num_inliers: pairs with fewer fail.
         sift_max_image_size: light SIFT (no database given): long side limit, px.
         sift_max_num_features: light SIFT (no database given): features per image.
@@ -145,7 +146,7 @@ def verify_pairs(
 
     `database`: a COLMAP database holding SIFT for every name in `pairs`, only read; an image it lacks is an error,
     or with `allow_missing` (mirror_sfm's own cache, where COLMAP could not read a photo) scores 0.
-    `work_database`: where the working copy (first `num_features` features, the matches) lives; default beside
+    `work_database`: where the working copy (`num_features` features per image, the matches) lives; default beside
     `database` as `<name>-verify-F.db`. Keep it to resume a killed run.
     """
     options = options or VerifyOptions()

@@ -2,6 +2,7 @@
 
 import hashlib
 import shutil
+import sqlite3
 
 import numpy as np
 import pycolmap
@@ -10,11 +11,12 @@ from conftest import FIXTURE
 from PIL import Image
 
 from mirror_sfm.cli import main
-from mirror_sfm.database_reader import FeatureDatabase
+from mirror_sfm.database_reader import FeatureDatabase, feature_subset
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.pairs import PairsOptions, generate_pairs
 from mirror_sfm.pairs_io import read_pairs
 from mirror_sfm.verify import VerifyOptions, rerank_by_geometry, verify_pairs
+from mirror_sfm.working_database import working_database
 
 EXPECTED = FIXTURE.parents[1] / "expected"
 
@@ -313,3 +315,37 @@ def test_steps_hand_each_other_files_and_match_generate_pairs(tmp_path, fixture_
     assert verified == composed
     inliers = [int(line.split()[2]) for line in (tmp_path / "verified-scores.txt").read_text().splitlines()]
     assert len(inliers) == len(verified) and max(inliers) >= 15
+
+
+def _blobs(database, table):
+    """{image_id: rows x cols array} of a keypoints or descriptors table, read without writing the database."""
+    dtype = np.float32 if table == "keypoints" else np.uint8
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as con:
+        rows = con.execute(f"SELECT image_id, rows, cols, data FROM {table}").fetchall()
+    return {i: np.frombuffer(data, dtype).reshape(r, c) for i, r, c, data in rows}
+
+
+def test_working_database_keeps_each_images_largest_scales(tmp_path, fixture_database):
+    """COLMAP stores the finest scales first: the working copy keeps each image's N largest scales (coarse octaves
+    kept), keypoints and descriptors row for row; an image with at most N features is copied whole."""
+    n = 100
+    work = working_database(fixture_database, tmp_path / "work.db", n)
+    for table in ("keypoints", "descriptors"):
+        full, kept = _blobs(fixture_database, table), _blobs(work, table)
+        assert kept.keys() == full.keys()
+        for image_id, rows in full.items():
+            subset = feature_subset(_blobs(fixture_database, "keypoints")[image_id], n)
+            np.testing.assert_array_equal(kept[image_id], rows[subset])
+            assert len(kept[image_id]) == min(len(rows), n)
+
+    def scale(k):
+        return np.sqrt(np.abs(k[:, 2] * k[:, 5] - k[:, 3] * k[:, 4]))
+
+    full, kept = _blobs(fixture_database, "keypoints"), _blobs(work, "keypoints")
+    image_id = max(full, key=lambda i: len(full[i]))
+    assert len(full[image_id]) > 2 * n
+    assert scale(full[image_id][:n]).max() < scale(kept[image_id]).min()  # the first n rows: all fine scales
+    assert scale(kept[image_id]).min() >= np.sort(scale(full[image_id]))[-n]
+    rows = np.array([[0, 0, 1.0, 0], [0, 0, 3.0, 0], [0, 0, 2.0, 0], [0, 0, 0.5, 0]], np.float32)  # x, y, scale, angle
+    assert feature_subset(rows, 9) == slice(None) and list(feature_subset(rows, 2)) == [1, 2]
+    assert list(feature_subset(rows, 2, "spread")) == [0, 3]
