@@ -29,7 +29,7 @@ from .errors import MirrorError
 logger = logging.getLogger(__name__)
 
 
-SUBSETS = ("largest", "spread")
+SUBSETS = ("largest", "spread", "first")
 SUBSET = "largest"  # how verification picks N of an image's features (RESULTS.md §11)
 
 
@@ -46,14 +46,17 @@ def keypoint_scales(keypoints: np.ndarray) -> np.ndarray | None:
 def feature_subset(keypoints: np.ndarray, n: int | None, how: str = SUBSET) -> np.ndarray | slice:
     """The rows of an image's keypoints (rows x cols, COLMAP's order: finest octave first) that a subset of `n`
     keeps, in their stored order: "largest", the `n` largest scales (what COLMAP's vocab-tree verification keeps,
-    `ExtractTopScaleFeatures`); "spread", `n` rows evenly spaced over the whole list. All rows when `n` is None or
-    not smaller; keypoints without a scale column keep their first `n`."""
+    `ExtractTopScaleFeatures`); "spread", `n` rows evenly spaced over the whole list; "first", the first `n` rows
+    (the finest scales). All rows when `n` is None or not smaller; keypoints without a scale column keep their first
+    `n`."""
     num_rows = len(keypoints)
     if n is None or num_rows <= n:
         return slice(None)
     n = max(int(n), 0)
     if how == "spread":
         return np.round(np.linspace(0, num_rows - 1, n)).astype(np.int64)
+    if how == "first":
+        return np.arange(n)
     if how != "largest":
         raise ValueError(f"unknown feature subset {how!r}: {', '.join(SUBSETS)}")
     scales = keypoint_scales(keypoints)

@@ -30,7 +30,7 @@ import numpy as np
 import pycolmap
 from tqdm import tqdm
 
-from .database_reader import FeatureDatabase
+from .database_reader import SUBSET, SUBSETS, FeatureDatabase
 from .errors import MirrorError
 from .io_utils import check_writable
 from .pairs_io import Pair, read_pairs, write_pairs
@@ -58,6 +58,9 @@ class VerifyOptions:
             geometry); none: CNN + PR-MAC order only, the fast mode.
         shortlist: CNN candidates per image that are verified (N >= K).
         num_features: SIFT features per image used to verify: its largest scales.
+        feature_subset: which `num_features` (`database_reader.feature_subset`): largest (scales, the default:
+            COLMAP's vocab-tree verification keeps the same) | spread (evenly over the stored, finest-first rows) |
+            first (the first rows: the finest scales; how mirror_sfm chose before RESULTS.md §11 measured it).
         min_num_inliers: COLMAP's TwoViewGeometryOptions.min_num_inliers: pairs with fewer fail.
         sift_max_image_size: light SIFT (no database given): long side limit, px.
         sift_max_num_features: light SIFT (no database given): features per image.
@@ -74,6 +77,7 @@ class VerifyOptions:
     method: str = "sift"
     shortlist: int = 30
     num_features: int = 2048
+    feature_subset: str = SUBSET
     min_num_inliers: int = 15
     sift_max_image_size: int = 1024
     sift_max_num_features: int = 2048
@@ -90,6 +94,8 @@ class VerifyOptions:
             raise MirrorError(f"verify must be one of {', '.join(VERIFY_METHODS)}; got {self.method!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise MirrorError(f"verification device must be auto, cpu or cuda; got {self.device!r}")
+        if self.feature_subset not in SUBSETS:
+            raise MirrorError(f"feature subset must be one of {', '.join(SUBSETS)}; got {self.feature_subset!r}")
         if not 0 < self.max_ratio <= 1:
             raise MirrorError(f"verify-max-ratio must be in (0, 1], got {self.max_ratio}")
         for name in ("shortlist", "num_features", "sift_max_image_size", "sift_max_num_features"):
@@ -165,7 +171,7 @@ def verify_pairs(
     matching.num_threads = options.num_threads
     matching.sift.max_ratio = options.max_ratio
     rule = {} if options.max_ratio == VerifyOptions.max_ratio else {"max_ratio": options.max_ratio}
-    working_database(database, work, options.num_features, rule)
+    working_database(database, work, options.num_features, rule, subset=options.feature_subset)
     block = max(BLOCK_PAIRS, len(keys) // 20)
     pair_file = work.with_name(f".{work.name}.{os.getpid()}.pairs.txt")  # this run's block of pairs
     try:

@@ -28,28 +28,30 @@ NOT_COPIED = {"matches", "two_view_geometries", "sqlite_sequence"}
 ROW_DTYPES = {"keypoints": np.float32, "descriptors": np.uint8}  # the tables cut to a subset of their rows
 
 
-def _source_key(source: Path, num_features: int, matching: dict | None = None) -> dict:
+def _source_key(source: Path, num_features: int, matching: dict | None, subset: str) -> dict:
     st = source.stat()
     return {
         "source": str(source.resolve()),
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
         "num_features": num_features,
-        "subset": SUBSET,
+        "subset": subset,
         **({"matching": matching} if matching else {}),
     }
 
 
-def working_database(source: str | Path, target: str | Path, num_features: int, matching: dict | None = None) -> Path:
-    """Make (or reuse) `target`: `source` cut to `num_features` features per image (the largest scales), no
-    matches.
+def working_database(
+    source: str | Path, target: str | Path, num_features: int, matching: dict | None = None, subset: str = SUBSET
+) -> Path:
+    """Make (or reuse) `target`: `source` cut to `num_features` features per image (`subset`: which ones, see
+    `database_reader.feature_subset`; the largest scales by default), no matches.
 
     `matching`: the settings the matches stored in `target` are made with (e.g. the ratio test); a copy made for
     other settings is made again, so no pair keeps a match decided by another rule.
     """
     source, target = Path(source), Path(target)
     sidecar = target.with_name(target.name + ".json")
-    key = _source_key(source, num_features, matching)
+    key = _source_key(source, num_features, matching, subset)
     if target.is_file() and sidecar.is_file():
         try:
             if json.loads(sidecar.read_text()) == key:
@@ -60,14 +62,14 @@ def working_database(source: str | Path, target: str | Path, num_features: int, 
     with atomic_path(target) as tmp:
         tmp.unlink()
         try:
-            _copy_subset_database(source, tmp, num_features)
+            _copy_subset_database(source, tmp, num_features, subset)
         except sqlite3.DatabaseError as exc:
             raise MirrorError(f"cannot read COLMAP database {source}: {exc}") from None
     write_text_atomic(sidecar, json.dumps(key, indent=2) + "\n")
     return target
 
 
-def _copy_subset_database(source: Path, target: Path, num_features: int) -> None:
+def _copy_subset_database(source: Path, target: Path, num_features: int, subset: str) -> None:
     con = sqlite3.connect(f"{target.resolve().as_uri()}?mode=rwc", uri=True, isolation_level=None)
     try:
         con.execute("ATTACH DATABASE ? AS src", (_read_only_uri(source),))
@@ -82,7 +84,7 @@ def _copy_subset_database(source: Path, target: Path, num_features: int) -> None
                 continue
             columns = ", ".join(row[1] for row in con.execute(f"PRAGMA src.table_info({name})"))
             con.execute(f"INSERT INTO main.{name} ({columns}) SELECT {columns} FROM src.{name}")
-        _copy_subset(con, num_features)
+        _copy_subset(con, num_features, subset)
         for kind, _name, sql in schema:
             if kind == "index":
                 con.execute(sql)
@@ -92,7 +94,7 @@ def _copy_subset_database(source: Path, target: Path, num_features: int) -> None
         con.close()
 
 
-def _copy_subset(con: sqlite3.Connection, n: int) -> None:
+def _copy_subset(con: sqlite3.Connection, n: int, subset: str) -> None:
     """Copy keypoints and descriptors keeping each image's `feature_subset` of `n` rows (chosen on its keypoints; an
     image's keypoints and descriptors have the same rows)."""
     tables = {}
@@ -107,7 +109,7 @@ def _copy_subset(con: sqlite3.Connection, n: int) -> None:
         image_id, rows, cols, data = row[at["image_id"]], row[at["rows"]], row[at["cols"]], row[at["data"]]
         keep = slice(None)
         if data is not None and rows > n:
-            keep = feature_subset(np.frombuffer(data, np.float32).reshape(rows, cols), n)
+            keep = feature_subset(np.frombuffer(data, np.float32).reshape(rows, cols), n, subset)
         _insert_rows(con, "keypoints", tables["keypoints"], list(row), keep)
         desc = con.execute(descriptors_of, (image_id,)).fetchone()
         if desc is not None:

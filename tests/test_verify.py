@@ -233,7 +233,15 @@ def test_verification_resumes_and_rebuilds_a_stale_working_database(tmp_path, fi
 
 
 @pytest.mark.parametrize(
-    "bad", [{"shortlist": 0}, {"num_features": -1}, {"method": "orb"}, {"max_ratio": 0}, {"max_ratio": 1.5}]
+    "bad",
+    [
+        {"shortlist": 0},
+        {"num_features": -1},
+        {"method": "orb"},
+        {"max_ratio": 0},
+        {"max_ratio": 1.5},
+        {"feature_subset": "random"},
+    ],
 )
 def test_bad_verify_options(bad):
     with pytest.raises(MirrorError):
@@ -303,7 +311,8 @@ def test_steps_hand_each_other_files_and_match_generate_pairs(tmp_path, fixture_
         scores_output=tmp_path / "verified-scores.txt",
     )
     assert read_pairs(tmp_path / "verified.txt") == verified and len(verified) == 12 * 3
-    assert set(verified) <= set(shortlist)
+    # each pair was shortlisted one way or the other (reverse candidates: b's shortlist held a)
+    assert all((a, b) in set(shortlist) or (b, a) in set(shortlist) for a, b in verified)
     composed = generate_pairs(
         FIXTURE,
         tmp_path / "composed.txt",
@@ -348,4 +357,9 @@ def test_working_database_keeps_each_images_largest_scales(tmp_path, fixture_dat
     assert scale(kept[image_id]).min() >= np.sort(scale(full[image_id]))[-n]
     rows = np.array([[0, 0, 1.0, 0], [0, 0, 3.0, 0], [0, 0, 2.0, 0], [0, 0, 0.5, 0]], np.float32)  # x, y, scale, angle
     assert feature_subset(rows, 9) == slice(None) and list(feature_subset(rows, 2)) == [1, 2]
-    assert list(feature_subset(rows, 2, "spread")) == [0, 3]
+    assert list(feature_subset(rows, 2, "spread")) == [0, 3] and list(feature_subset(rows, 2, "first")) == [0, 1]
+    first = working_database(fixture_database, tmp_path / "first.db", n, subset="first")
+    assert all(
+        np.array_equal(kept, _blobs(fixture_database, "keypoints")[i][:n])
+        for i, kept in _blobs(first, "keypoints").items()
+    )
