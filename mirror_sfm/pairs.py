@@ -229,6 +229,7 @@ def _generate_pairs(
 ) -> list[Pair]:
     options = resolve_num_matched(options or PairsOptions(), num_matched)
     k = options.retrieval.num_matched
+    options.retrieval.validate()
     verify = options.verify
     verify.validate()
     output = Path(output)

@@ -44,12 +44,14 @@ class RetrievalOptions:
         qe_alpha: the exponent of alpha query expansion.
         whitening: descriptor whitening: none | model (the weights' own) | database (PCA fitted on these images).
         whitening_dim: output dimension of 'database' whitening.
-        exact_max: exact search up to this many database images, the compressed index (`index`) above.
-        index: faiss index_factory string of the compressed index used above `exact_max` ({nlist}: `ivf_nlist`).
+        exact_max: exact search up to this many database images, the compressed index above.
+        index: faiss index_factory string of the compressed index (inner product) used above exact_max; {nlist}
+            stands for the number of inverted lists (e.g. IVF{nlist},Flat).
         ivf_nlist: inverted lists of the compressed index (0: the power of 2 nearest 4 sqrt(N)).
-        ivf_nprobe: inverted lists searched per query.
+        ivf_nprobe: inverted lists of the compressed index searched per query.
         refine: compressed-index candidates per query re-scored exactly from the descriptors (0: none).
-        train_per_list: training vectors per inverted list (a fixed-seed sample of the database).
+        train_per_list: training vectors per inverted list of the compressed index (a fixed-seed sample of the
+            database).
         chunk_size: queries per faiss call (bounds memory).
         use_gpu: faiss on the GPU: auto | yes | no.
     """
@@ -69,6 +71,34 @@ class RetrievalOptions:
     train_per_list: int = 50
     chunk_size: int = 2048
     use_gpu: str = "auto"
+
+    def validate(self) -> None:
+        """One MirrorError line (naming the command-line flag) for a value no search can use."""
+        if self.rerank not in ("prmac", "none"):
+            raise MirrorError(f"rerank must be prmac or none, got {self.rerank!r}")
+        if self.whitening not in ("none", "model", "database"):
+            raise MirrorError(f"whitening must be none, model or database, got {self.whitening!r}")
+        if self.use_gpu not in ("auto", "yes", "no"):
+            raise MirrorError(f"use_gpu must be auto, yes or no, not {self.use_gpu!r}")
+        at_least = {
+            "--prmac-shortlist": (self.shortlist, 1),
+            "--query-expansion": (self.query_expansion, 0),
+            "--exact-max": (self.exact_max, 0),
+            "--index-nlist": (self.ivf_nlist, 0),
+            "--index-nprobe": (self.ivf_nprobe, 1),
+            "--index-refine": (self.refine, 0),
+            "--index-train-per-list": (self.train_per_list, 1),
+            "chunk_size": (self.chunk_size, 1),
+        }
+        for flag, (value, low) in at_least.items():
+            if value < low:
+                raise MirrorError(f"{flag} must be >= {low}, got {value}")
+        spec = self.index.strip()
+        if not spec or "{" in spec.replace("{nlist}", "") or "}" in spec.replace("{nlist}", ""):
+            raise MirrorError(
+                f"--index must be a faiss index_factory string (with {{nlist}} for the number of inverted lists, "
+                f"e.g. {DEFAULT_INDEX}); got {self.index!r}"
+            )
 
 
 @dataclass
@@ -377,6 +407,7 @@ def retrieve(
     `glob` (N, D) and `regional` (N, R, D) are L2-normalised; `whitening` (if any) is applied to both.
     With `rmac_global`, the whitened global descriptor is rebuilt as R-MAC from the whitened regions.
     """
+    options.validate()
     n = len(glob)
     if query_ids is None:
         query_ids = np.arange(n)
