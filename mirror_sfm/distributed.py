@@ -17,8 +17,10 @@ as in the single-process path.
 
 Verification (`verify_on_ray`): the unordered pairs, in query order, are cut into one contiguous part per worker;
 worker *i* verifies its part block by block with `verify.verify_pairs` in its own working database
-``WORK.shards/worker-<i>-of-<n>.db`` (so a re-run with the same worker count resumes from it) and returns the
-geometric scores, which the driver combines.
+``WORK.shards/worker-<i>-of-<n>.db`` (so a re-run with the same worker count and pairs resumes from it) and returns
+the geometric scores, which the driver combines. A worker's database holds only the images its part touches (their
+first `num_features` features, cameras, frames), so n workers copy about the features of their parts, not n times
+the whole database.
 """
 
 from __future__ import annotations
@@ -387,17 +389,28 @@ def _remove_shards(folder: Path) -> None:
 
 
 class PairVerifier:
-    """A Ray actor: verifies blocks of pairs in its own working database (`verify.verify_pairs`)."""
+    """A Ray actor: verifies blocks of pairs in its own working database (`verify.verify_pairs`), which holds
+    only `images`, those its part of the pairs touches."""
 
-    def __init__(self, database: str, work_database: str, options, threads: int):
-        self.database, self.work = database, work_database
+    def __init__(self, database: str, work_database: str, options, threads: int, images: list[str]):
+        self.database, self.work, self.images = database, work_database, images
         self.options = replace(options, num_threads=threads)
 
     def verify(self, pairs: list[Pair]) -> dict[Pair, int]:
         from .verify import quiet_colmap, verify_pairs
 
         with quiet_colmap():
-            return verify_pairs(self.database, pairs, self.options, work_database=self.work)
+            return verify_pairs(self.database, pairs, self.options, work_database=self.work, work_images=self.images)
+
+
+def worker_database(folder: Path, i: int, n: int) -> Path:
+    """The working database of verification worker `i` of `n` in `folder`."""
+    return folder / f"worker-{i}-of-{n}.db"
+
+
+def part_images(part: list[Pair]) -> list[str]:
+    """The images a part of the pairs touches (sorted): all its worker's working database holds."""
+    return sorted({name for pair in part for name in pair})
 
 
 def verify_on_ray(
@@ -429,8 +442,8 @@ def verify_on_ray(
         actor = ray.remote(PairVerifier).options(num_cpus=ray_options.cpus_per_worker)
         threads = max(1, int(ray_options.cpus_per_worker))
         workers = [
-            actor.remote(str(database), str(folder / f"worker-{i}-of-{len(parts)}.db"), options, threads)
-            for i in range(len(parts))
+            actor.remote(str(database), str(worker_database(folder, i, len(parts))), options, threads, part_images(p))
+            for i, p in enumerate(parts)
         ]
         running = {}
         for worker, chunk in zip(workers, parts):  # each worker's blocks queue up in order on it

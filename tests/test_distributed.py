@@ -155,7 +155,28 @@ def test_ray_verification_gives_the_single_process_pairs_and_scores(ray_local, s
         results.append((pairs, [(a, b, int(inliers)) for a, b, _, inliers in lines]))
     assert results[0] == results[1]  # same pairs, same geometric scores (the verification's RANSAC is seeded)
     assert len(results[0][0]) == 36 and any(s == 0 for *_, s in results[0][1])  # some shortlisted pairs fail
-    assert len(list((tmp_path / "ray" / "pairs-verify.db.shards").glob("worker-*.db"))) == 2
+    workers = sorted((tmp_path / "ray" / "pairs-verify.db.shards").glob("worker-*.db"))
+    assert len(workers) == 2
+    held = [worker_images(path) for path in workers]
+    for images, paired in held:  # each worker's copy: only the images of the pairs it verified
+        assert images == paired and len(images) < len(NAMES)
+    assert set().union(*(images for images, _ in held)) <= set(NAMES)
+
+
+def worker_images(path) -> tuple[set[str], set[str]]:
+    """(the images a working database holds, the images of the pairs matched in it, failed ones included)."""
+    import sqlite3
+
+    import pycolmap
+
+    con = sqlite3.connect(path)
+    try:
+        names = dict(con.execute("SELECT image_id, name FROM images"))
+        pair_ids = [row[0] for row in con.execute("SELECT pair_id FROM matches")]
+    finally:
+        con.close()
+    paired = {names[int(i)] for p in pair_ids for i in pycolmap.pair_id_to_image_pair(p)}
+    return set(names.values()), paired
 
 
 def test_ray_flag_without_ray_installed_is_one_line(monkeypatch, tmp_path, capsys):
