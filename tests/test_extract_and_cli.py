@@ -143,3 +143,8 @@ def test_tiny_exact_max_takes_the_compressed_index_given_on_the_command_line(fix
     assert main([*common, "-o", str(compressed), *index_flags]) == 0
     assert built == [(12, "PCAR64,IVF2,SQ8", 2)]
     assert compressed.read_text() == exact.read_text() and len(exact.read_text().splitlines()) == 36
+    # PR-MAC re-ranking above --exact-max: the regional descriptors are read from the h5 per query chunk
+    prmac = [*common[: common.index("--rerank")], *common[common.index("--rerank") + 2 :]]
+    assert main([*prmac, "-o", str(exact)]) == 0
+    assert main([*prmac, "-o", str(compressed), *index_flags]) == 0
+    assert compressed.read_text() == exact.read_text() and len(built) == 2
