@@ -1,7 +1,10 @@
 """Extraction and shortlist verification on a Ray cluster (the `ray` package, an optional dependency).
 
 `RayOptions.address`: ``local`` starts a Ray cluster on this machine for the run (and stops it after);
-``auto`` or ``ray://HOST:PORT`` joins an existing one (a process that already called ``ray.init`` keeps its own).
+``auto`` or ``ray://HOST:PORT`` (Ray Client) joins an existing one (a process that already called ``ray.init`` keeps
+its own). A cluster started by ``ray start`` checks a token by default (Ray >= 2.59); for ``ray://`` (or any explicit
+address) the driver sends it only with ``RAY_AUTH_MODE=token`` in its environment (the token from
+``~/.ray/auth_token`` or ``RAY_AUTH_TOKEN``), else Ray Client times out after ~30 s.
 Every worker must see the images, the output folder and the COLMAP database under the same paths (a shared
 file system), and have mirror_sfm installed.
 
@@ -30,6 +33,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -110,13 +115,29 @@ def ray_cluster(options: RayOptions) -> Iterator[object]:
     else:
         kwargs["address"] = options.address
     try:
-        ray.init(**kwargs)
+        with warnings.catch_warnings():  # Ray Client's own timeout warning: the MirrorError below says it
+            warnings.simplefilter("ignore")
+            ray.init(**kwargs)
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError, ... from Ray's start-up
-        raise MirrorError(f"cannot start or reach the Ray cluster at {options.address!r}: {_short(exc)}") from None
+        raise MirrorError(
+            f"cannot start or reach the Ray cluster at {options.address!r}: {_short(exc)}{_auth_hint(options.address)}"
+        ) from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _auth_hint(address: str | None) -> str:
+    """Why a Ray >= 2.59 cluster may refuse this driver: it checks a token (on by default for `ray start`), but a
+    driver sends one for an explicit address (ray://HOST:PORT, HOST:PORT) only with RAY_AUTH_MODE=token set; Ray
+    enables it by itself for `auto` alone. Empty when that is not the case."""
+    if address in (None, "local", "auto") or os.environ.get("RAY_AUTH_MODE"):
+        return ""
+    return (
+        " (if the cluster checks a token, as `ray start` does by default since Ray 2.59: set RAY_AUTH_MODE=token"
+        " with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+    )
 
 
 def worker_count(ray, options: RayOptions, shards: int) -> int:
