@@ -37,7 +37,9 @@ class RegionStore:
         missing = next((n for n in self.names if n not in f or REGIONAL not in f[n]), None)
         if missing is not None:
             raise MirrorError(f"{self.path} holds no regional descriptors for {missing} (needed for PR-MAC re-ranking)")
-        self.shape = (len(self.names), *f[self.names[0]][REGIONAL].shape)
+        first = f[self.names[0]][REGIONAL]
+        self._stored_shape, self._dtype = first.shape, first.dtype
+        self.shape = (len(self.names), *first.shape)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -66,7 +68,10 @@ class RegionStore:
         if isinstance(ids, slice):
             ids = range(*ids.indices(len(self.names)))
         f = self._open()
-        rows = np.stack([f[self.names[int(i)]][REGIONAL][()] for i in np.asarray(ids, dtype=np.int64).ravel()])
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        rows = np.empty((len(ids), *self._stored_shape), dtype=self._dtype)  # filled in place: no second copy
+        for row, i in zip(rows, ids):
+            f[self.names[int(i)]][REGIONAL].read_direct(row)
         return rows if self.transform is None else self.transform(rows)
 
     def __getitem__(self, ids) -> np.ndarray:
@@ -108,10 +113,11 @@ def lazy_regions(path: str | Path, names: list[str], exact_max: int) -> RegionSt
     """A `RegionStore` of `names` in `path` (a MirrorError when one lacks regions), logged as such."""
     store = RegionStore(path, names)
     logger.info(
-        "%d images > exact_max %d: PR-MAC reads the regional descriptors from %s per query chunk (%.1f GB in all)",
+        "%d images > exact_max %d: PR-MAC reads the regional descriptors (%.1f GB in all) from %s per query chunk,"
+        " each image once per chunk whose shortlists hold it (--rerank none skips PR-MAC)",
         len(names),
         exact_max,
-        path,
         np.prod(store.shape) * 2 / 1e9,
+        path,
     )
     return store

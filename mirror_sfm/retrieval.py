@@ -397,6 +397,7 @@ def rerank_prmac(
                 order = np.argsort(-s, kind="stable")
                 indices[start + qi, : len(cand)] = cand[order]
                 scores[start + qi, : len(cand)] = s[order]
+            del local  # before the next chunk is read: one chunk's regions in memory at a time
             bar.update(len(block))
     return Neighbors(indices, scores)
 
