@@ -147,13 +147,16 @@ def verify_pairs(
     options: VerifyOptions | None = None,
     work_database: str | Path | None = None,
     allow_missing: bool = False,
+    work_images: Iterable[str] | None = None,
 ) -> dict[Pair, int]:
     """Geometric score of every pair (keyed by the sorted name pair; each unordered pair is verified once).
 
     `database`: a COLMAP database holding SIFT for every name in `pairs`, only read; an image it lacks is an error,
     or with `allow_missing` (mirror_sfm's own cache, where COLMAP could not read a photo) scores 0.
     `work_database`: where the working copy (`num_features` features per image, the matches) lives; default beside
-    `database` as `<name>-verify-F.db`. Keep it to resume a killed run.
+    `database` as `<name>-verify-F.db`. Keep it to resume a killed run. `work_images`: the images the working copy
+    holds (every image of `pairs` must be among them; None: every image of `database`), e.g. those of a Ray
+    worker's part of the pairs.
     """
     options = options or VerifyOptions()
     options.validate()
@@ -171,7 +174,7 @@ def verify_pairs(
     matching.num_threads = options.num_threads
     matching.sift.max_ratio = options.max_ratio
     rule = {} if options.max_ratio == VerifyOptions.max_ratio else {"max_ratio": options.max_ratio}
-    working_database(database, work, options.num_features, rule, subset=options.feature_subset)
+    working_database(database, work, options.num_features, rule, images=work_images, subset=options.feature_subset)
     block = max(BLOCK_PAIRS, len(keys) // 20)
     pair_file = work.with_name(f".{work.name}.{os.getpid()}.pairs.txt")  # this run's block of pairs
     try:

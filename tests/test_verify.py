@@ -232,6 +232,53 @@ def test_verification_resumes_and_rebuilds_a_stale_working_database(tmp_path, fi
         assert db.num_matched_image_pairs() == 3
 
 
+def _held(path):
+    """(image names, camera ids, frame ids, rig ids) of a COLMAP database, read with sqlite."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    try:
+        return tuple(
+            sorted(r[0] for r in con.execute(q))
+            for q in (
+                "SELECT name FROM images",
+                "SELECT camera_id FROM cameras",
+                "SELECT frame_id FROM frames",
+                "SELECT rig_id FROM rigs",
+            )
+        )
+    finally:
+        con.close()
+
+
+def test_working_database_of_an_image_subset_holds_only_those_images(tmp_path, fixture_database, mirror_log):
+    import logging
+
+    names = sorted(p.name for p in FIXTURE.iterdir())
+    pairs = [(names[i], names[i + 1]) for i in range(3, 7)]
+    subset = sorted({n for p in pairs for n in p})  # 5 of the 12 images
+    opts = VerifyOptions(num_features=300)
+    full = verify_pairs(fixture_database, pairs, opts, work_database=tmp_path / "full.db")
+    part = verify_pairs(fixture_database, pairs, opts, work_database=tmp_path / "part.db", work_images=subset)
+    assert part == full and any(full.values())  # the same scores (and image ids) as a copy of every image
+    images, cameras, frames, rigs = _held(tmp_path / "part.db")
+    all_images, all_cameras, all_frames, all_rigs = _held(fixture_database)
+    assert images == subset and len(all_images) == 12
+    with FeatureDatabase(fixture_database) as db:  # the subset's own cameras, frames and rigs, under the source ids
+        assert cameras == sorted(db.image_ids[n][1] for n in subset)
+    assert len(frames) == len(rigs) == 5 and set(frames) < set(all_frames) and set(rigs) < set(all_rigs)
+    with pycolmap.Database.open(str(tmp_path / "part.db")) as db:
+        assert db.num_images() == 5 and db.num_keypoints() <= 5 * 300 and db.num_matched_image_pairs() == 4
+    assert (tmp_path / "part.db").stat().st_size < 0.6 * (tmp_path / "full.db").stat().st_size
+    mirror_log.set_level(logging.INFO, logger="mirror_sfm")
+    more = pairs + [(names[0], names[1])]  # another image set: the copy is made again, with those images
+    verify_pairs(
+        fixture_database, more, opts, work_database=tmp_path / "part.db", work_images=[n for p in more for n in p]
+    )
+    assert "image set" in mirror_log.text
+    assert _held(tmp_path / "part.db")[0] == sorted({n for p in more for n in p})
+
+
 @pytest.mark.parametrize(
     "bad",
     [
