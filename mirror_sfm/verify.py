@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 VERIFY_METHODS = ("sift", "none")
 SCORES = ("effective", "inliers")
+SIFT_CHUNK = 32  # images per pycolmap extraction call of the light SIFT (progress between calls)
 BLOCK_PAIRS = 2000  # pairs per COLMAP matching call at least: each call reloads features (RESULTS.md §11)
 GRID = 32  # cells per image side for effective inliers (COLMAP's vote-and-verify uses 32 x 32)
 DEVICES = {"auto": pycolmap.Device.auto, "cpu": pycolmap.Device.cpu, "cuda": pycolmap.Device.cuda}
@@ -283,7 +284,13 @@ def light_sift_database(
         sift = ReconstructionOptions(
             max_image_size=options.sift_max_image_size, max_num_features=options.sift_max_num_features
         )
-        extract_sift(database, Path(image_dir), missing, sift)
+        # in chunks, for a progress bar (one pycolmap call reports nothing until it ends); each chunk is committed,
+        # so a killed run resumes from the chunks done
+        with tqdm(total=len(missing), desc="light SIFT", unit="img", leave=False) as bar, quiet_colmap():
+            for start in range(0, len(missing), SIFT_CHUNK):
+                chunk = missing[start : start + SIFT_CHUNK]
+                extract_sift(database, Path(image_dir), chunk, sift)
+                bar.update(len(chunk))
     return database
 
 

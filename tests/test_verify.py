@@ -410,3 +410,37 @@ def test_working_database_keeps_each_images_largest_scales(tmp_path, fixture_dat
         np.array_equal(kept, _blobs(fixture_database, "keypoints")[i][:n])
         for i, kept in _blobs(first, "keypoints").items()
     )
+
+
+def test_light_sift_goes_in_chunks_and_a_killed_run_resumes(tmp_path, monkeypatch):
+    """Light SIFT is extracted a chunk at a time (a progress bar between pycolmap calls); a run killed after the
+    first chunk keeps it, and the next run extracts only the rest."""
+    from mirror_sfm import verify as verify_module
+    from mirror_sfm.colmap import images_with_features, sift
+
+    names = sorted(p.name for p in FIXTURE.iterdir())[:5]
+    monkeypatch.setattr(verify_module, "SIFT_CHUNK", 2)
+    calls = []
+    real = sift.extract_sift
+
+    def killed_after_one_chunk(database, image_dir, chunk, options):
+        calls.append(list(chunk))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(database, image_dir, chunk, options)
+
+    monkeypatch.setattr(sift, "extract_sift", killed_after_one_chunk)
+    database = tmp_path / "light.db"
+    options = VerifyOptions(sift_max_image_size=320, sift_max_num_features=256)
+    with pytest.raises(KeyboardInterrupt):
+        verify_module.light_sift_database(FIXTURE, names, database, options)
+    assert images_with_features(database) == set(names[:2])
+    resumed = []
+
+    def recorded(database, image_dir, chunk, options):
+        resumed.extend(chunk)
+        real(database, image_dir, chunk, options)
+
+    monkeypatch.setattr(sift, "extract_sift", recorded)
+    verify_module.light_sift_database(FIXTURE, names, database, options)
+    assert images_with_features(database) == set(names) and resumed == names[2:]
