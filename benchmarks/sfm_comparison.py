@@ -21,7 +21,7 @@ Methods (K defaults to --num-matched):
                               retrieval-WEIGHTS[@K] picks the weights ('imagenet', 'default' or a checkpoint
                               path), e.g. retrieval-imagenet@20
   retrieval-verified[@K]      mirror_sfm pairs' default: each image's CNN top --verify-shortlist re-ranked by
-                              SIFT inliers (the run's own SIFT, first --verify-features), best K kept
+                              SIFT inliers (the run's own SIFT, its --verify-features largest scales), best K kept
   retrieval[-WEIGHTS]@match-M K chosen so that the pair count matches that of vocab-tree method M
                               (e.g. retrieval@match-vocabtree): the paper's "fix the number of pairs"
 Resumable: a method whose record is in results.json is not run again (--force runs it again).
