@@ -250,12 +250,13 @@ def _train(config: TrainConfig, out: Path, train_scenes, val_scenes, callback) -
         logger.info("resuming from %s at step %d", ckpt, step)
     resumed_from = step
     logger.info(
-        "training %s on %s: %d trainable parameters, %d scenes, %d columns x 3 rows at %d px, steps %d -> %d",
+        "training %s on %s: %d trainable parameters, %d scenes, %d columns x %d rows at %d px, steps %d -> %d",
         model.backbone.info.name,
         device,
         trainable,
         len(dataset.scenes),
         config.data.columns,
+        4 if config.data.same_scene_negatives else 3,
         config.augment.size,
         step,
         run.steps,
