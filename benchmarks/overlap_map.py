@@ -49,6 +49,7 @@ if str(REPO) not in sys.path:
 from gtgen.gl3d import read_cameras, read_image_list, read_ratios  # noqa: E402
 from gtgen.ratios import combined_ratios, symmetric_ratios  # noqa: E402
 from mirror_sfm.console import run_command  # noqa: E402
+from mirror_sfm.database_reader import SUBSET, SUBSETS  # noqa: E402
 from mirror_sfm.errors import MirrorError  # noqa: E402
 from mirror_sfm.evaluate import dedupe, mean_average_precision, precision_recall  # noqa: E402
 from mirror_sfm.images import IMAGE_EXTENSIONS  # noqa: E402
@@ -288,7 +289,12 @@ def verified_ranking(pairs, cnn, database: Path, args: argparse.Namespace, depth
     """Each query's CNN top --verify-shortlist re-ranked by SIFT inliers, then the rest of its CNN ranking."""
     from mirror_sfm.verify import VerifyOptions, rerank_by_geometry, verify_pairs
 
-    options = VerifyOptions(shortlist=args.verify_shortlist, num_features=args.verify_features, score=args.verify_score)
+    options = VerifyOptions(
+        shortlist=args.verify_shortlist,
+        num_features=args.verify_features,
+        score=args.verify_score,
+        feature_subset=args.verify_subset,
+    )
     per_query: dict[str, list[int]] = {}
     for i, (q, _) in enumerate(pairs):
         per_query.setdefault(q, []).append(i)
@@ -646,10 +652,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["none", "sift"],
         default="none",
         help="sift: re-rank each query's top --verify-shortlist by SIFT inliers (mirror_sfm.verify), "
-        "with the first --verify-features of the SIFT below (shared with --method vocabtree)",
+        "with --verify-features of the SIFT below per image (shared with --method vocabtree)",
     )
     g.add_argument("--verify-shortlist", type=int, default=30)
     g.add_argument("--verify-features", type=int, default=2048)  # pairs' default (VerifyOptions.num_features)
+    g.add_argument(
+        "--verify-subset",
+        choices=SUBSETS,
+        default=SUBSET,
+        help="which --verify-features of each image's SIFT (largest scales: pairs' default; first: the finest)",
+    )
     g.add_argument(
         "--verify-score",
         choices=["effective", "inliers"],

@@ -5,11 +5,13 @@
 Methods (each an `overlap_map.py` run over all the given scenes, per scene, never pooled):
   cnn            CNN global descriptor alone (--rerank none), the fast mode without PR-MAC
   prmac          CNN + PR-MAC re-ranking (`pairs --verify none`, the fast mode)
-  verified@N     CNN + PR-MAC, top N re-ranked by verification (`pairs`' default at N = 30); verified@N:F with the
-                 first F features instead of --verify-features; a -inliers / -effective suffix picks the score
+  verified@N     CNN + PR-MAC, top N re-ranked by verification (`pairs`' default at N = 30); verified@N:F with F
+                 features per image instead of --verify-features; +largest / +spread / +first picks which F (pairs'
+                 default: the largest scales); a -inliers / -effective suffix picks the score
   vocabtree      COLMAP's vocab tree, a tree never trained on the scene (two folds, below)
   vocabtree-sv   the same, top 100 spatially verified (COLMAP's num_images_after_verification), all features
-  vocabtree-sv@F the same with the first F features per image (F = 1024: COLMAP's middle preset)
+  vocabtree-sv@F the same with the F largest-scale features per image (COLMAP's max_num_features; F = 1024: its
+                 middle preset)
 Two vocabulary trees (4,096 words) are trained on the SIFT of two halves of the scenes (scenes sharing photos, like
 statue_of_liberty and its 40-photo subset, stay in one half); each scene is ranked by the other half's tree.
 SIFT is extracted once per scene (2,048 features, 1,600 px, OUT/work/sift-<scene>; a label folder's own
@@ -110,17 +112,19 @@ def run(method: str, labels: list[Path], args: argparse.Namespace, template: Pat
         extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "none", *whiten]
     elif method == "prmac":
         extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "prmac", *whiten]
-    elif method.startswith("verified@"):  # verified@N[:F][-effective|-inliers]: first F features, score
+    elif method.startswith("verified@"):  # verified@N[:F][+SUBSET][-effective|-inliers]: F features, which, score
         spec, _, score = method.split("@")[1].partition("-")
+        spec, _, subset = spec.partition("+")
         shortlist, _, features = spec.partition(":")
         extra = ["--method", "retrieval", "--weights", args.weights, "--rerank", "prmac", *whiten, "--verify", "sift"]
         extra += ["--verify-shortlist", shortlist, "--verify-features", features or str(args.verify_features)]
         extra += ["--verify-score", score] if score else []
+        extra += ["--verify-subset", subset] if subset else []
     else:
         extra = ["--method", "vocabtree", "--vocab-tree", str(template)]
         if method.startswith("vocabtree-sv"):
             extra += ["--sv-candidates", "100"]
-        if method.startswith("vocabtree-sv@"):  # vocabtree-sv@F: verification with the first F features
+        if method.startswith("vocabtree-sv@"):  # vocabtree-sv@F: verification with the F largest-scale features
             extra += ["--sv-features", method.split("@")[1]]
     if not (out / "co" / "overlap_map.json").exists():
         if overlap_map.main(common + extra + ["--out", str(out / "co"), "--name", method]) != 0:

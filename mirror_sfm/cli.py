@@ -57,6 +57,12 @@ RETRIEVAL_FLAGS = (
     Flag("query_expansion", ("--query-expansion",), metavar="N"),
     Flag("whitening", ("--whitening",), choices=("auto", "none", "model", "database")),
     Flag("exact_max", ("--exact-max",), metavar="N"),
+    Flag("index", ("--index",), metavar="FACTORY"),
+    Flag("ivf_nlist", ("--index-nlist",), metavar="N"),
+    Flag("ivf_nprobe", ("--index-nprobe",), metavar="N"),
+    Flag("refine", ("--index-refine",), metavar="N"),
+    Flag("train_per_list", ("--index-train-per-list",), metavar="N"),
+    Flag("use_gpu", ("--faiss-gpu",), choices=("auto", "yes", "no")),
 )
 VERIFY_FLAGS = (
     Flag("method", ("--verify",), choices=VERIFY_METHODS),

@@ -7,8 +7,11 @@ for writing or changed by a byte, whichever COLMAP made it (3.8's schema and 4.x
 - ``keypoints(image_id, rows, cols, data)``: float32 rows x cols (x, y first; 2, 4 or 6 columns);
 - ``descriptors(image_id, rows, cols, data)``: uint8 rows x 128.
 
-COLMAP stores features largest scale first, so the first N rows are the N most stable ones (its vocab tree's
-spatial verification keeps the same first N).
+COLMAP's SIFT stores an image's features octave by octave, the finest scales first (pycolmap 4.2's extractor:
+the first quarter of an image's rows average 1.6 px of scale, the last 4-7 px). So the first N rows are not "the
+N best": they are the N smallest, which a pair seen at two altitudes or zoom levels does not share. A subset of N
+(`feature_subset`) keeps the N largest scales instead, as COLMAP's own vocab-tree verification does
+(RESULTS.md §11).
 """
 
 from __future__ import annotations
@@ -26,9 +29,45 @@ from .errors import MirrorError
 logger = logging.getLogger(__name__)
 
 
+SUBSETS = ("largest", "spread", "first")
+SUBSET = "largest"  # how verification picks N of an image's features (RESULTS.md §11)
+
+
+def keypoint_scales(keypoints: np.ndarray) -> np.ndarray | None:
+    """Each keypoint's scale from COLMAP's keypoint columns (x, y, a11, a12, a21, a22: sqrt |det A|; x, y, scale,
+    orientation: the third), None for bare (x, y) rows."""
+    if keypoints.shape[1] >= 6:
+        return np.sqrt(np.abs(keypoints[:, 2] * keypoints[:, 5] - keypoints[:, 3] * keypoints[:, 4]))
+    if keypoints.shape[1] >= 3:
+        return np.abs(keypoints[:, 2])
+    return None
+
+
+def feature_subset(keypoints: np.ndarray, n: int | None, how: str = SUBSET) -> np.ndarray | slice:
+    """The rows of an image's keypoints (rows x cols, COLMAP's order: finest octave first) that a subset of `n`
+    keeps, in their stored order: "largest", the `n` largest scales (what COLMAP's vocab-tree verification keeps,
+    `ExtractTopScaleFeatures`); "spread", `n` rows evenly spaced over the whole list; "first", the first `n` rows
+    (the finest scales). All rows when `n` is None or not smaller; keypoints without a scale column keep their first
+    `n`."""
+    num_rows = len(keypoints)
+    if n is None or num_rows <= n:
+        return slice(None)
+    n = max(int(n), 0)
+    if how == "spread":
+        return np.round(np.linspace(0, num_rows - 1, n)).astype(np.int64)
+    if how == "first":
+        return np.arange(n)
+    if how != "largest":
+        raise ValueError(f"unknown feature subset {how!r}: {', '.join(SUBSETS)}")
+    scales = keypoint_scales(keypoints)
+    if scales is None:
+        return np.arange(n)
+    return np.sort(np.argsort(-scales, kind="stable")[:n])
+
+
 @dataclass
 class ImageFeatures:
-    """One image's first N SIFT features and its camera."""
+    """One image's SIFT features (all, or a subset: `feature_subset`) and its camera."""
 
     name: str
     keypoints: np.ndarray  # (n, 2) float64 pixel coordinates
@@ -63,6 +102,15 @@ class FeatureDatabase:
 
     def close(self) -> None:
         self._con.close()
+
+    def names_with_features(self) -> set[str]:
+        """Names of the images that have both a keypoints and a descriptors row (what extraction finished)."""
+        rows = self._query_all(
+            "SELECT name FROM images WHERE image_id IN (SELECT image_id FROM keypoints)"
+            " AND image_id IN (SELECT image_id FROM descriptors)",
+            (),
+        )
+        return {name for (name,) in rows}
 
     def check_names(self, names: list[str]) -> None:
         """MirrorError naming one image of `names` that the database lacks (with how many are missing)."""
@@ -99,7 +147,8 @@ class FeatureDatabase:
         return self._cameras[camera_id]
 
     def read(self, name: str, max_features: int | None = None) -> ImageFeatures:
-        """The first `max_features` keypoints and descriptors of image `name` (all when None)."""
+        """Image `name`'s keypoints and descriptors: all when `max_features` is None, else that many spread over the
+        scales (`feature_subset`)."""
         image_id, camera_id = self.image_ids[name]
         kp = self._query("SELECT rows, cols, data FROM keypoints WHERE image_id = ?", (image_id,))
         desc = self._query("SELECT rows, cols, data FROM descriptors WHERE image_id = ?", (image_id,))
@@ -114,10 +163,9 @@ class FeatureDatabase:
             raise MirrorError(
                 f"COLMAP database {self.path}: image {name} has {descriptors.shape[1]}-d descriptors, not SIFT's 128"
             )
-        n = len(keypoints) if max_features is None else min(max_features, len(keypoints))
-        return ImageFeatures(
-            name, keypoints[:n, :2].astype(np.float64), np.ascontiguousarray(descriptors[:n]), self.camera(camera_id)
-        )
+        rows = feature_subset(keypoints, max_features)
+        xy, desc = keypoints[rows, :2].astype(np.float64), np.ascontiguousarray(descriptors[rows])
+        return ImageFeatures(name, xy, desc, self.camera(camera_id))
 
     def _query(self, sql: str, args: tuple):
         rows = self._query_all(sql, args)

@@ -1,7 +1,10 @@
 """Extraction and shortlist verification on a Ray cluster (the `ray` package, an optional dependency).
 
 `RayOptions.address`: ``local`` starts a Ray cluster on this machine for the run (and stops it after);
-``auto`` or ``ray://HOST:PORT`` joins an existing one (a process that already called ``ray.init`` keeps its own).
+``auto`` or ``ray://HOST:PORT`` (Ray Client) joins an existing one (a process that already called ``ray.init`` keeps
+its own). A cluster started by ``ray start`` checks a token by default (Ray >= 2.59); for ``ray://`` (or any explicit
+address) the driver sends it only with ``RAY_AUTH_MODE=token`` in its environment (the token from
+``~/.ray/auth_token`` or ``RAY_AUTH_TOKEN``), else Ray Client times out after ~30 s.
 Every worker must see the images, the output folder and the COLMAP database under the same paths (a shared
 file system), and have mirror_sfm installed.
 
@@ -17,8 +20,10 @@ as in the single-process path.
 
 Verification (`verify_on_ray`): the unordered pairs, in query order, are cut into one contiguous part per worker;
 worker *i* verifies its part block by block with `verify.verify_pairs` in its own working database
-``WORK.shards/worker-<i>-of-<n>.db`` (so a re-run with the same worker count resumes from it) and returns the
-geometric scores, which the driver combines.
+``WORK.shards/worker-<i>-of-<n>.db`` (so a re-run with the same worker count and pairs resumes from it) and returns
+the geometric scores, which the driver combines. A worker's database holds only the images its part touches (their
+`num_features` largest-scale features, cameras, frames), so n workers copy about the features of their parts, not
+n times the whole database.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -108,13 +115,29 @@ def ray_cluster(options: RayOptions) -> Iterator[object]:
     else:
         kwargs["address"] = options.address
     try:
-        ray.init(**kwargs)
+        with warnings.catch_warnings():  # Ray Client's own timeout warning: the MirrorError below says it
+            warnings.simplefilter("ignore")
+            ray.init(**kwargs)
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError, ... from Ray's start-up
-        raise MirrorError(f"cannot start or reach the Ray cluster at {options.address!r}: {_short(exc)}") from None
+        raise MirrorError(
+            f"cannot start or reach the Ray cluster at {options.address!r}: {_short(exc)}{_auth_hint(options.address)}"
+        ) from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _auth_hint(address: str | None) -> str:
+    """Why a Ray >= 2.59 cluster may refuse this driver: it checks a token (on by default for `ray start`), but a
+    driver sends one for an explicit address (ray://HOST:PORT, HOST:PORT) only with RAY_AUTH_MODE=token set; Ray
+    enables it by itself for `auto` alone. Empty when that is not the case."""
+    if address in (None, "local", "auto") or os.environ.get("RAY_AUTH_MODE"):
+        return ""
+    return (
+        " (if the cluster checks a token, as `ray start` does by default since Ray 2.59: set RAY_AUTH_MODE=token"
+        " with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+    )
 
 
 def worker_count(ray, options: RayOptions, shards: int) -> int:
@@ -387,17 +410,28 @@ def _remove_shards(folder: Path) -> None:
 
 
 class PairVerifier:
-    """A Ray actor: verifies blocks of pairs in its own working database (`verify.verify_pairs`)."""
+    """A Ray actor: verifies blocks of pairs in its own working database (`verify.verify_pairs`), which holds
+    only `images`, those its part of the pairs touches."""
 
-    def __init__(self, database: str, work_database: str, options, threads: int):
-        self.database, self.work = database, work_database
+    def __init__(self, database: str, work_database: str, options, threads: int, images: list[str]):
+        self.database, self.work, self.images = database, work_database, images
         self.options = replace(options, num_threads=threads)
 
     def verify(self, pairs: list[Pair]) -> dict[Pair, int]:
         from .verify import quiet_colmap, verify_pairs
 
         with quiet_colmap():
-            return verify_pairs(self.database, pairs, self.options, work_database=self.work)
+            return verify_pairs(self.database, pairs, self.options, work_database=self.work, work_images=self.images)
+
+
+def worker_database(folder: Path, i: int, n: int) -> Path:
+    """The working database of verification worker `i` of `n` in `folder`."""
+    return folder / f"worker-{i}-of-{n}.db"
+
+
+def part_images(part: list[Pair]) -> list[str]:
+    """The images a part of the pairs touches (sorted): all its worker's working database holds."""
+    return sorted({name for pair in part for name in pair})
 
 
 def verify_on_ray(
@@ -429,8 +463,8 @@ def verify_on_ray(
         actor = ray.remote(PairVerifier).options(num_cpus=ray_options.cpus_per_worker)
         threads = max(1, int(ray_options.cpus_per_worker))
         workers = [
-            actor.remote(str(database), str(folder / f"worker-{i}-of-{len(parts)}.db"), options, threads)
-            for i in range(len(parts))
+            actor.remote(str(database), str(worker_database(folder, i, len(parts))), options, threads, part_images(p))
+            for i, p in enumerate(parts)
         ]
         running = {}
         for worker, chunk in zip(workers, parts):  # each worker's blocks queue up in order on it

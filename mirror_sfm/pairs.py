@@ -20,11 +20,11 @@ from . import features_io
 from .database_reader import FeatureDatabase
 from .errors import MirrorError
 from .extract import ExtractionOptions, extract, pooling_of
-from .features_io import read_descriptors
 from .images import list_images
 from .io_utils import check_writable
 from .model import RetrievalModel, load_model
 from .pairs_io import Pair, unique_pairs, write_pairs
+from .regions import RegionStore, lazy_regions, read_for_retrieval
 from .retrieval import RetrievalOptions, choose_whitening, retrieve
 from .verify import VerifyOptions, light_sift_database, rerank_by_geometry, verify_pairs
 
@@ -66,7 +66,7 @@ def sequential_pairs(names: list[str], window: int) -> list[tuple[int, int]]:
 def rank_pairs(
     names: list[str],
     glob: np.ndarray,
-    regional: np.ndarray | None,
+    regional: np.ndarray | RegionStore | None,
     options: PairsOptions,
     model: RetrievalModel | None = None,
 ) -> tuple[list[Pair], list[float]]:
@@ -78,14 +78,18 @@ def rank_pairs(
 def retrieval_pairs(
     names: list[str],
     glob: np.ndarray,
-    regional: np.ndarray | None,
+    regional: np.ndarray | RegionStore | None,
     options: PairsOptions,
     model: RetrievalModel | None = None,
 ) -> tuple[list[Pair], list[float]]:
     """Each image's top `options.retrieval.num_matched` neighbours by the CNN (and PR-MAC), in rank order."""
     whitening = choose_whitening(options.retrieval, model.whitening if model else None, regional, glob)
     pooling = pooling_of(options.extraction, model) if model is not None else options.extraction.pooling
-    nn = retrieve(glob, regional, options.retrieval, whitening=whitening, rmac_global=pooling == "rmac")
+    try:
+        nn = retrieve(glob, regional, options.retrieval, whitening=whitening, rmac_global=pooling == "rmac")
+    finally:
+        if isinstance(regional, RegionStore):  # its h5 file (opened again if read again)
+            regional.close()
     pairs, scores = [], []
     for q in range(len(names)):
         for j, s in zip(nn.indices[q], nn.scores[q]):
@@ -152,7 +156,13 @@ def foreign_descriptors(
     """Descriptors of `names` from a file mirror_sfm did not write (e.g. hloc's global-feats; read, never
     written), and `options` fitted to it: PR-MAC only where it holds regional vectors, no R-MAC rebuild."""
     prmac = options.retrieval.rerank == "prmac"
-    glob, regional = features_io.read_foreign_descriptors(features, names, regional=prmac)
+    lazy = prmac and len(names) > options.retrieval.exact_max  # regions read per query chunk (`regions`)
+    glob, regional = features_io.read_foreign_descriptors(features, names, regional=prmac and not lazy)
+    if lazy:
+        try:
+            regional = lazy_regions(features, names, options.retrieval.exact_max)
+        except MirrorError:  # not stored for every image: no PR-MAC, as below exact_max
+            regional = None
     logger.info(
         "%s was not written by mirror_sfm (e.g. hloc's global-feats): ranking from its %d-d global "
         "descriptors%s; it is not modified",
@@ -203,9 +213,9 @@ def generate_pairs(
     `resolve_num_matched`; overriding a non-default K of `options` is logged as a warning). `database`: a COLMAP
     database holding SIFT for these images, read (never written) for verification; without it light SIFT is
     extracted into `output` + `-sift.db` beside the output (resumable); verification matches into `output` +
-    `-verify.db` (a copy holding the first `num_features` features; keep it to resume). `scores_output`:
-    `name1 name2 cnn_score` lines, plus the geometric score (verified inliers, 0 = failed) as a fourth field
-    when verified.
+    `-verify.db` (a copy holding each image's `num_features` largest-scale features; keep it to resume).
+    `scores_output`: `name1 name2 cnn_score` lines, plus the geometric score (verified inliers, 0 = failed) as a
+    fourth field when verified.
     `ray` with an address: extraction and shortlist verification run on that Ray cluster (`distributed`; light
     SIFT is still extracted by this process), with the same results.
     Returns the pairs written. The pair file (and the scores file) are written atomically.
@@ -236,6 +246,7 @@ def _generate_pairs(
 ) -> list[Pair]:
     options = resolve_num_matched(options or PairsOptions(), num_matched)
     k = options.retrieval.num_matched
+    options.retrieval.validate()
     verify = options.verify
     verify.validate()
     output = Path(output)
@@ -256,7 +267,9 @@ def _generate_pairs(
         result = extract(image_dir, features, options.extraction, image_names=image_names, model=model, ray=ray)
         skipped = result.skipped
         good = [n for n in names if n not in skipped]
-        names, glob, regional = read_descriptors(features, good, regional=options.retrieval.rerank == "prmac")
+        names, glob, regional = read_for_retrieval(
+            features, good, options.retrieval.rerank, options.retrieval.exact_max
+        )
     if len(names) < 2:
         raise MirrorError(f"need at least two readable images in {image_dir} to make pairs")
     if verify.method == "none":

@@ -18,6 +18,7 @@ from .io_utils import check_writable
 from .model import RetrievalModel, is_imagenet, load_model
 from .pairs import PairsOptions, foreign_descriptors, rank_pairs, resolve_num_matched
 from .pairs_io import Pair, write_pairs
+from .regions import read_for_retrieval
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,14 @@ def main(
     check_writable(output)
     if scores_output:
         check_writable(Path(scores_output))
-    prmac = options.retrieval.rerank == "prmac"
     if features_io.is_foreign(descriptors):
         names = features_io.list_h5_names(descriptors)
         glob, regional, options = foreign_descriptors(descriptors, names, options)
         model = None
     else:
-        names, glob, regional = features_io.read_descriptors(descriptors, regional=prmac)
+        names, glob, regional = read_for_retrieval(
+            descriptors, None, options.retrieval.rerank, options.retrieval.exact_max
+        )
         whitening = options.retrieval.whitening
         if whitening == "model" or (
             whitening == "auto" and not (model is None and is_imagenet(options.extraction.weights))

@@ -35,7 +35,7 @@ def retrieval_pairs(
 ) -> Path:
     """Write the CNN retrieval pair file (global features cached beside it) and return its path.
 
-    With `database` (the run's SIFT database) each image's shortlist is verified with its first SIFT features
+    With `database` (the run's SIFT database) each image's shortlist is verified with its largest-scale SIFT features
     (read-only) unless the retrieval options say `verify: none`; no SIFT is extracted twice.
     """
     from .pairs import generate_pairs  # heavy (torch); only needed for this method

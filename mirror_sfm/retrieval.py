@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .errors import MirrorError
 from .pooling import prmac_score, rmac_from_regions
+from .regions import RegionStore
 from .whitening import Whitening, fit_pca_whitening
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ DEFAULT_INDEX = "PCAR240,IVF{nlist},PQ48np"
 DEFAULT_NPROBE = 16
 DEFAULT_REFINE = 400
 GPU_MAX_K = 2048  # faiss-gpu returns at most this many neighbours per query
+WHITENING_SAMPLE = 200_000  # regional vectors 'database' whitening is fitted on when they are read from disk
 
 
 @dataclass
@@ -45,12 +47,14 @@ class RetrievalOptions:
         whitening: descriptor whitening: auto (the weights' own when they carry one and the descriptors are
             provably theirs, else none) | none | model (the weights' own) | database (PCA fitted on these images).
         whitening_dim: output dimension of 'database' whitening.
-        exact_max: exact search up to this many database images, the compressed index (`index`) above.
-        index: faiss index_factory string of the compressed index used above `exact_max` ({nlist}: `ivf_nlist`).
+        exact_max: exact search up to this many database images, the compressed index above.
+        index: faiss index_factory string of the compressed index (inner product) used above exact_max; {nlist}
+            stands for the number of inverted lists (e.g. IVF{nlist},Flat).
         ivf_nlist: inverted lists of the compressed index (0: the power of 2 nearest 4 sqrt(N)).
-        ivf_nprobe: inverted lists searched per query.
+        ivf_nprobe: inverted lists of the compressed index searched per query.
         refine: compressed-index candidates per query re-scored exactly from the descriptors (0: none).
-        train_per_list: training vectors per inverted list (a fixed-seed sample of the database).
+        train_per_list: training vectors per inverted list of the compressed index (a fixed-seed sample of the
+            database).
         chunk_size: queries per faiss call (bounds memory).
         use_gpu: faiss on the GPU: auto | yes | no.
     """
@@ -70,6 +74,34 @@ class RetrievalOptions:
     train_per_list: int = 50
     chunk_size: int = 2048
     use_gpu: str = "auto"
+
+    def validate(self) -> None:
+        """One MirrorError line (naming the command-line flag) for a value no search can use."""
+        if self.rerank not in ("prmac", "none"):
+            raise MirrorError(f"rerank must be prmac or none, got {self.rerank!r}")
+        if self.whitening not in ("auto", "none", "model", "database"):
+            raise MirrorError(f"whitening must be auto, none, model or database, got {self.whitening!r}")
+        if self.use_gpu not in ("auto", "yes", "no"):
+            raise MirrorError(f"use_gpu must be auto, yes or no, not {self.use_gpu!r}")
+        at_least = {
+            "--prmac-shortlist": (self.shortlist, 1),
+            "--query-expansion": (self.query_expansion, 0),
+            "--exact-max": (self.exact_max, 0),
+            "--index-nlist": (self.ivf_nlist, 0),
+            "--index-nprobe": (self.ivf_nprobe, 1),
+            "--index-refine": (self.refine, 0),
+            "--index-train-per-list": (self.train_per_list, 1),
+            "chunk_size": (self.chunk_size, 1),
+        }
+        for flag, (value, low) in at_least.items():
+            if value < low:
+                raise MirrorError(f"{flag} must be >= {low}, got {value}")
+        spec = self.index.strip()
+        if not spec or "{" in spec.replace("{nlist}", "") or "}" in spec.replace("{nlist}", ""):
+            raise MirrorError(
+                f"--index must be a faiss index_factory string (with {{nlist}} for the number of inverted lists, "
+                f"e.g. {DEFAULT_INDEX}); got {self.index!r}"
+            )
 
 
 @dataclass
@@ -326,23 +358,48 @@ def alpha_query_expansion(queries: np.ndarray, db: np.ndarray, nn: Neighbors, n:
 
 
 def rerank_prmac(
-    q_regions: np.ndarray, db_regions: np.ndarray, nn: Neighbors, query_ids: np.ndarray, batch: int = 64
+    regions: np.ndarray | RegionStore,
+    nn: Neighbors,
+    query_ids: np.ndarray,
+    batch: int = 64,
+    budget_bytes: int = 256 << 20,
 ) -> Neighbors:
-    """Re-order each query's shortlist by the PR-MAC score of its regions against each candidate's."""
+    """Re-order each query's shortlist by the PR-MAC score of its regions against each candidate's.
+
+    `regions`: every database image's (N, R, D) float16 regions, in memory, or a `RegionStore` read per chunk of
+    queries: the regions of a chunk's queries and candidates (each image once) take at most ~`budget_bytes`.
+    """
     indices = nn.indices.copy()
     scores = np.full(indices.shape, -np.inf, dtype=np.float32)
-    db_t = torch.from_numpy(db_regions)
-    for qi in tqdm(range(len(indices)), desc="PR-MAC re-rank", unit="query", disable=len(indices) < 200):
-        cand = indices[qi][indices[qi] >= 0]
-        if len(cand) == 0:
-            continue
-        qr = torch.from_numpy(q_regions[qi]).float()
-        s = np.concatenate(
-            [prmac_score(qr, db_t[cand[b : b + batch]].float()).numpy() for b in range(0, len(cand), batch)]
-        )
-        order = np.argsort(-s, kind="stable")
-        indices[qi, : len(cand)] = cand[order]
-        scores[qi, : len(cand)] = s[order]
+    lazy = isinstance(regions, RegionStore)
+    per_query = int(np.prod(regions.shape[1:])) * 2 * (indices.shape[1] + 1)
+    chunk = max(1, budget_bytes // per_query) if lazy else max(1, len(indices))
+    with tqdm(total=len(indices), desc="PR-MAC re-rank", unit="query", disable=len(indices) < 200) as bar:
+        for start in range(0, len(indices), chunk):
+            block, qids = indices[start : start + chunk], np.asarray(query_ids[start : start + chunk])
+            if lazy:  # this chunk's images, each read once: row i of `local` is image needed[i]
+                needed = np.unique(np.concatenate([qids, block[block >= 0]]))
+                local = torch.from_numpy(regions[needed])
+            else:
+                needed, local = None, torch.from_numpy(regions)
+
+            def rows(ids, needed=needed):
+                return ids if needed is None else np.searchsorted(needed, ids)
+
+            for qi in range(len(block)):
+                cand = block[qi][block[qi] >= 0]
+                if len(cand) == 0:
+                    continue
+                qr = local[int(rows(qids[qi]))].float()
+                c = rows(cand)
+                s = np.concatenate(
+                    [prmac_score(qr, local[c[b : b + batch]].float()).numpy() for b in range(0, len(c), batch)]
+                )
+                order = np.argsort(-s, kind="stable")
+                indices[start + qi, : len(cand)] = cand[order]
+                scores[start + qi, : len(cand)] = s[order]
+            del local  # before the next chunk is read: one chunk's regions in memory at a time
+            bar.update(len(block))
     return Neighbors(indices, scores)
 
 
@@ -365,7 +422,10 @@ def choose_whitening(
             logger.info("the model carries no whitening: descriptors are used unwhitened")
         return model_whitening
     if options.whitening == "database":
-        vectors = regional.reshape(-1, regional.shape[-1]) if regional is not None else glob
+        if isinstance(regional, RegionStore):  # a fixed-seed sample of the images' regions, not all of them
+            vectors = regional.sample_vectors(WHITENING_SAMPLE)
+        else:
+            vectors = regional.reshape(-1, regional.shape[-1]) if regional is not None else glob
         if len(glob) <= options.whitening_dim:
             logger.info("database of %d images is too small to fit whitening; not whitened", len(glob))
             return None
@@ -384,19 +444,22 @@ def retrieve(
     """Find `num_matched` neighbours for the queries `query_ids` (default: every image) among all images.
 
     `glob` (N, D) and `regional` (N, R, D) are L2-normalised; `whitening` (if any) is applied to both.
+    `regional` may be a `RegionStore` (large collections): read per query chunk, never whole.
     With `rmac_global`, the whitened global descriptor is rebuilt as R-MAC from the whitened regions.
     """
+    options.validate()
     n = len(glob)
     if query_ids is None:
         query_ids = np.arange(n)
+    lazy = isinstance(regional, RegionStore)
     if whitening is not None:
         if regional is not None:
-            regional = whitening.apply(regional)
-        glob = (
-            rmac_from_regions(torch.from_numpy(regional)).numpy()
-            if (rmac_global and regional is not None)
-            else whitening.apply(glob)
-        )
+            regional = regional.with_transform(whitening.apply) if lazy else whitening.apply(regional)
+        if rmac_global and regional is not None:
+            rmac = lambda r: rmac_from_regions(torch.from_numpy(r)).numpy()  # noqa: E731
+            glob = regional.map_chunks(rmac) if lazy else rmac(regional)
+        else:
+            glob = whitening.apply(glob)
     glob = np.ascontiguousarray(glob, dtype=np.float32)
     k = min(options.num_matched, n - 1)
     if k <= 0:
@@ -415,6 +478,7 @@ def retrieve(
         nn = search(index, queries, depth, query_ids, options.chunk_size, desc="search (QE)", **refine)
     nn = Neighbors(nn.indices[:, :depth], nn.scores[:, :depth])
     if rerank:
-        regional = np.ascontiguousarray(regional, dtype=np.float16)
-        nn = rerank_prmac(regional[query_ids], regional, nn, query_ids)
+        if not lazy:
+            regional = np.ascontiguousarray(regional, dtype=np.float16)
+        nn = rerank_prmac(regional, nn, query_ids)
     return Neighbors(nn.indices[:, :k], nn.scores[:, :k])

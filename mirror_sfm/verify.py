@@ -1,7 +1,8 @@
 """Geometric verification of a retrieval shortlist with the SIFT features COLMAP matches anyway.
 
 Each image's CNN shortlist (its top N candidates) is re-ranked by how well the pair verifies in COLMAP's own
-hands: the first ``num_features`` SIFT features of both images (COLMAP stores the largest scales first) are
+hands: the ``num_features`` largest-scale SIFT features of both images (COLMAP's vocab-tree verification keeps the same;
+the first rows would be the finest scales, which COLMAP stores first: ``database_reader.feature_subset``) are
 matched and verified by ``pycolmap.match_image_pairs`` (its SIFT matcher: mutual nearest neighbours, ratio 0.8,
 distance 0.7; then two-view geometry: E, F or H by RANSAC, 4 px) in a working database of mirror_sfm's own
 (``working_database``: the source cut to those features). The geometric score of a pair is its number of inlier
@@ -29,7 +30,7 @@ import numpy as np
 import pycolmap
 from tqdm import tqdm
 
-from .database_reader import FeatureDatabase
+from .database_reader import SUBSET, SUBSETS, FeatureDatabase
 from .errors import MirrorError
 from .io_utils import check_writable
 from .pairs_io import Pair, read_pairs, write_pairs
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 VERIFY_METHODS = ("sift", "none")
 SCORES = ("effective", "inliers")
+SIFT_CHUNK = 32  # images per pycolmap extraction call of the light SIFT (progress between calls)
 BLOCK_PAIRS = 2000  # pairs per COLMAP matching call at least: each call reloads features (RESULTS.md §11)
 GRID = 32  # cells per image side for effective inliers (COLMAP's vote-and-verify uses 32 x 32)
 DEVICES = {"auto": pycolmap.Device.auto, "cpu": pycolmap.Device.cpu, "cuda": pycolmap.Device.cuda}
@@ -56,7 +58,10 @@ class VerifyOptions:
         method: sift: re-rank each image's CNN shortlist by SIFT inliers (COLMAP's matching rule and two-view
             geometry); none: CNN + PR-MAC order only, the fast mode.
         shortlist: CNN candidates per image that are verified (N >= K).
-        num_features: SIFT features per image used to verify, largest scale first.
+        num_features: SIFT features per image used to verify: its largest scales.
+        feature_subset: which `num_features` (`database_reader.feature_subset`): largest (scales, the default:
+            COLMAP's vocab-tree verification keeps the same) | spread (evenly over the stored, finest-first rows) |
+            first (the first rows: the finest scales; how mirror_sfm chose before RESULTS.md §11 measured it).
         min_num_inliers: COLMAP's TwoViewGeometryOptions.min_num_inliers: pairs with fewer fail.
         sift_max_image_size: light SIFT (no database given): long side limit, px.
         sift_max_num_features: light SIFT (no database given): features per image.
@@ -73,6 +78,7 @@ class VerifyOptions:
     method: str = "sift"
     shortlist: int = 30
     num_features: int = 2048
+    feature_subset: str = SUBSET
     min_num_inliers: int = 15
     sift_max_image_size: int = 1024
     sift_max_num_features: int = 2048
@@ -89,6 +95,8 @@ class VerifyOptions:
             raise MirrorError(f"verify must be one of {', '.join(VERIFY_METHODS)}; got {self.method!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise MirrorError(f"verification device must be auto, cpu or cuda; got {self.device!r}")
+        if self.feature_subset not in SUBSETS:
+            raise MirrorError(f"feature subset must be one of {', '.join(SUBSETS)}; got {self.feature_subset!r}")
         if not 0 < self.max_ratio <= 1:
             raise MirrorError(f"verify-max-ratio must be in (0, 1], got {self.max_ratio}")
         for name in ("shortlist", "num_features", "sift_max_image_size", "sift_max_num_features"):
@@ -140,13 +148,16 @@ def verify_pairs(
     options: VerifyOptions | None = None,
     work_database: str | Path | None = None,
     allow_missing: bool = False,
+    work_images: Iterable[str] | None = None,
 ) -> dict[Pair, int]:
     """Geometric score of every pair (keyed by the sorted name pair; each unordered pair is verified once).
 
     `database`: a COLMAP database holding SIFT for every name in `pairs`, only read; an image it lacks is an error,
     or with `allow_missing` (mirror_sfm's own cache, where COLMAP could not read a photo) scores 0.
-    `work_database`: where the working copy (first `num_features` features, the matches) lives; default beside
-    `database` as `<name>-verify-F.db`. Keep it to resume a killed run.
+    `work_database`: where the working copy (`num_features` features per image, the matches) lives; default beside
+    `database` as `<name>-verify-F.db`. Keep it to resume a killed run. `work_images`: the images the working copy
+    holds (every image of `pairs` must be among them; None: every image of `database`), e.g. those of a Ray
+    worker's part of the pairs.
     """
     options = options or VerifyOptions()
     options.validate()
@@ -164,7 +175,7 @@ def verify_pairs(
     matching.num_threads = options.num_threads
     matching.sift.max_ratio = options.max_ratio
     rule = {} if options.max_ratio == VerifyOptions.max_ratio else {"max_ratio": options.max_ratio}
-    working_database(database, work, options.num_features, rule)
+    working_database(database, work, options.num_features, rule, images=work_images, subset=options.feature_subset)
     block = max(BLOCK_PAIRS, len(keys) // 20)
     pair_file = work.with_name(f".{work.name}.{os.getpid()}.pairs.txt")  # this run's block of pairs
     try:
@@ -273,7 +284,13 @@ def light_sift_database(
         sift = ReconstructionOptions(
             max_image_size=options.sift_max_image_size, max_num_features=options.sift_max_num_features
         )
-        extract_sift(database, Path(image_dir), missing, sift)
+        # in chunks, for a progress bar (one pycolmap call reports nothing until it ends); each chunk is committed,
+        # so a killed run resumes from the chunks done
+        with tqdm(total=len(missing), desc="light SIFT", unit="img", leave=False) as bar, quiet_colmap():
+            for start in range(0, len(missing), SIFT_CHUNK):
+                chunk = missing[start : start + SIFT_CHUNK]
+                extract_sift(database, Path(image_dir), chunk, sift)
+                bar.update(len(chunk))
     return database
 
 

@@ -102,6 +102,40 @@ def test_ray_flags_reach_the_library(tmp_path, fake_pairs):
     assert fake_pairs[-1]["ray"] == RayOptions(address="ray://head:10001", workers=3, gpus_per_worker=0.5)
 
 
+def test_index_flags_reach_retrieval_options(tmp_path, fake_pairs):
+    flags = ["--exact-max", "5000", "--index", "IVF{nlist},SQ8", "--index-nlist", "64", "--index-nprobe", "8"]
+    flags += ["--index-refine", "0", "--index-train-per-list", "30", "--faiss-gpu", "no"]
+    assert run_pairs(tmp_path, *flags) == 0
+    expected = dict(exact_max=5000, index="IVF{nlist},SQ8", ivf_nlist=64, ivf_nprobe=8, refine=0, train_per_list=30)
+    assert fake_pairs[-1]["options"].retrieval == RetrievalOptions(**expected, use_gpu="no")
+    conf = tmp_path / "c.yaml"
+    conf.write_text("index: 'PCAR64,IVF{nlist},PQ16'\nindex-nprobe: 4\n")
+    assert run_pairs(tmp_path, "--config", str(conf), "--index-nprobe", "2") == 0
+    retrieval = fake_pairs[-1]["options"].retrieval
+    assert (retrieval.index, retrieval.ivf_nprobe) == ("PCAR64,IVF{nlist},PQ16", 2)
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (("--index-nprobe", "0"), "--index-nprobe must be >= 1, got 0"),
+        (("--index-nlist", "-1"), "--index-nlist must be >= 0, got -1"),
+        (("--index-refine", "-5"), "--index-refine must be >= 0, got -5"),
+        (("--index-train-per-list", "0"), "--index-train-per-list must be >= 1, got 0"),
+        (("--exact-max", "-1"), "--exact-max must be >= 0, got -1"),
+        (("--index", "IVF{n},Flat"), "--index must be a faiss index_factory string"),
+        (("--index", " "), "--index must be a faiss index_factory string"),
+    ],
+)
+def test_bad_index_flag_is_one_line_before_any_work(tmp_path, capsys, flags, expected):
+    images = tmp_path / "images"
+    images.mkdir()  # empty: the option check comes first, before the folder is read
+    assert cli.main(["pairs", str(images), "-o", str(tmp_path / "p.txt"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
 def test_reconstruct_config_and_output_spellings(tmp_path, monkeypatch, capsys):
     seen = []
     monkeypatch.setattr(

@@ -4,10 +4,13 @@ Ray run resumes from its finished shards, and --ray without Ray installed is one
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from conftest import FIXTURE
 from test_verify import _sift_database
 
 from mirror_sfm.cli import main
-from mirror_sfm.distributed import RayOptions, shards_dir
+from mirror_sfm.distributed import RayOptions, _auth_hint, shards_dir
 from mirror_sfm.extract import extract
 from mirror_sfm.features_io import list_h5_names, partial_path
 from mirror_sfm.pairs import PairsOptions, generate_pairs
@@ -155,7 +158,92 @@ def test_ray_verification_gives_the_single_process_pairs_and_scores(ray_local, s
         results.append((pairs, [(a, b, int(inliers)) for a, b, _, inliers in lines]))
     assert results[0] == results[1]  # same pairs, same geometric scores (the verification's RANSAC is seeded)
     assert len(results[0][0]) == 36 and any(s == 0 for *_, s in results[0][1])  # some shortlisted pairs fail
-    assert len(list((tmp_path / "ray" / "pairs-verify.db.shards").glob("worker-*.db"))) == 2
+    workers = sorted((tmp_path / "ray" / "pairs-verify.db.shards").glob("worker-*.db"))
+    assert len(workers) == 2
+    held = [worker_images(path) for path in workers]
+    for images, paired in held:  # each worker's copy: only the images of the pairs it verified
+        assert images == paired and len(images) < len(NAMES)
+    assert set().union(*(images for images, _ in held)) <= set(NAMES)
+
+
+def worker_images(path) -> tuple[set[str], set[str]]:
+    """(the images a working database holds, the images of the pairs matched in it, failed ones included)."""
+    import sqlite3
+
+    import pycolmap
+
+    con = sqlite3.connect(path)
+    try:
+        names = dict(con.execute("SELECT image_id, name FROM images"))
+        pair_ids = [row[0] for row in con.execute("SELECT pair_id FROM matches")]
+    finally:
+        con.close()
+    paired = {names[int(i)] for p in pair_ids for i in pycolmap.pair_id_to_image_pair(p)}
+    return set(names.values()), paired
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head started by `ray start` (as a cluster's), token authentication on with a token of its own, on
+    free ports; stopped at the end by the ids of its processes (never `ray stop`, which stops every Ray here)."""
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
+    gcs, client = free_port(), free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), *filter(None, [env.get("PYTHONPATH")])])
+    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--num-cpus", "2"]
+    command += ["--port", str(gcs), "--ray-client-server-port", str(client), "--temp-dir", str(temp)]
+    command += ["--include-dashboard", "false", "--dashboard-port", str(free_port()), "--disable-usage-stats"]
+    command += ["--dashboard-agent-listen-port", str(free_port())]
+    try:
+        subprocess.run(command, env=env, check=True, timeout=120, capture_output=True)
+        yield f"ray://127.0.0.1:{client}", env
+    finally:
+        ours = [pid for pid in _pids() if str(temp) in _cmdline(pid) or f":{gcs} " in _cmdline(pid) + " "]
+        tree = sorted({p for pid in ours for p in (pid, *descendants(pid))})
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_ray_client_address_describes_like_one_process(ray_head, single_h5, tmp_path):
+    """`--ray ray://HOST:PORT` (Ray Client) against a `ray start` head with token authentication (the driver has
+    RAY_AUTH_MODE=token and the token): the single process's h5."""
+    address, env = ray_head
+    out = tmp_path / "feats.h5"
+    command = [sys.executable, "-m", "mirror_sfm", "extract", str(FIXTURE), "-o", str(out), "--weights", "imagenet"]
+    command += ["--ray", address, "--ray-workers", "2", "--ray-shard-size", "3", "-q"]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert_same_h5(single_h5, out)
+    assert not shards_dir(out).exists()
+
+
+def test_unreachable_explicit_address_says_how_to_send_the_token(monkeypatch):
+    """Without RAY_AUTH_MODE=token a driver sends no token to an explicit address (Ray Client then times out after
+    ~30 s, so the refusal itself is checked by hand: README); the error line says what to set."""
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert "RAY_AUTH_MODE=token" in _auth_hint("ray://head:10001") and "RAY_AUTH_MODE" in _auth_hint("head:6379")
+    assert _auth_hint("auto") == _auth_hint("local") == ""  # Ray sends the token of this machine for auto itself
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert _auth_hint("ray://head:10001") == ""
 
 
 def test_ray_flag_without_ray_installed_is_one_line(monkeypatch, tmp_path, capsys):

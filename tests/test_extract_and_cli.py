@@ -3,6 +3,7 @@
 import os
 import shutil
 
+import faiss
 import h5py
 import numpy as np
 import pytest
@@ -117,3 +118,33 @@ def test_config_file_sets_defaults_and_flags_win(few_images, tmp_path):
     assert len(out.read_text().splitlines()) == 8
     conf.write_text("nonsense: 1\n")
     assert main(["pairs", str(few_images), "-o", str(out), "--config", str(conf)]) == 2
+
+
+def test_tiny_exact_max_takes_the_compressed_index_given_on_the_command_line(fixture_images, tmp_path, monkeypatch):
+    """--exact-max below the 12 photos: the --index factory string is built, trained and searched (every list probed,
+    every candidate re-scored exactly: the same pairs as exact search)."""
+    from mirror_sfm import retrieval
+
+    built = []
+    real = retrieval.make_compressed_index
+
+    def spy(db, options, gpu=False):
+        index = real(db, options, gpu)
+        built.append((len(db), retrieval.index_spec(len(db), options), faiss.extract_index_ivf(index).nprobe))
+        return index
+
+    monkeypatch.setattr(retrieval, "make_compressed_index", spy)
+    common = ["pairs", str(fixture_images), "--weights", "imagenet", "--num-workers", "0", "-k", "3"]
+    common += ["--verify", "none", "--rerank", "none", "--features", str(tmp_path / "feats.h5")]
+    exact, compressed = tmp_path / "exact.txt", tmp_path / "compressed.txt"
+    assert main([*common, "-o", str(exact)]) == 0
+    assert not built  # 12 images <= the default --exact-max: exact search
+    index_flags = ["--exact-max", "4", "--index", "PCAR64,IVF{nlist},SQ8", "--index-nlist", "2", "--index-nprobe", "2"]
+    assert main([*common, "-o", str(compressed), *index_flags]) == 0
+    assert built == [(12, "PCAR64,IVF2,SQ8", 2)]
+    assert compressed.read_text() == exact.read_text() and len(exact.read_text().splitlines()) == 36
+    # PR-MAC re-ranking above --exact-max: the regional descriptors are read from the h5 per query chunk
+    prmac = [*common[: common.index("--rerank")], *common[common.index("--rerank") + 2 :]]
+    assert main([*prmac, "-o", str(exact)]) == 0
+    assert main([*prmac, "-o", str(compressed), *index_flags]) == 0
+    assert compressed.read_text() == exact.read_text() and len(built) == 2

@@ -2,6 +2,7 @@
 
 import hashlib
 import shutil
+import sqlite3
 
 import numpy as np
 import pycolmap
@@ -10,11 +11,12 @@ from conftest import FIXTURE
 from PIL import Image
 
 from mirror_sfm.cli import main
-from mirror_sfm.database_reader import FeatureDatabase
+from mirror_sfm.database_reader import FeatureDatabase, feature_subset
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.pairs import PairsOptions, generate_pairs
 from mirror_sfm.pairs_io import read_pairs
 from mirror_sfm.verify import VerifyOptions, rerank_by_geometry, verify_pairs
+from mirror_sfm.working_database import working_database
 
 EXPECTED = FIXTURE.parents[1] / "expected"
 
@@ -230,8 +232,63 @@ def test_verification_resumes_and_rebuilds_a_stale_working_database(tmp_path, fi
         assert db.num_matched_image_pairs() == 3
 
 
+def _held(path):
+    """(image names, camera ids, frame ids, rig ids) of a COLMAP database, read with sqlite."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    try:
+        return tuple(
+            sorted(r[0] for r in con.execute(q))
+            for q in (
+                "SELECT name FROM images",
+                "SELECT camera_id FROM cameras",
+                "SELECT frame_id FROM frames",
+                "SELECT rig_id FROM rigs",
+            )
+        )
+    finally:
+        con.close()
+
+
+def test_working_database_of_an_image_subset_holds_only_those_images(tmp_path, fixture_database, mirror_log):
+    import logging
+
+    names = sorted(p.name for p in FIXTURE.iterdir())
+    pairs = [(names[i], names[i + 1]) for i in range(3, 7)]
+    subset = sorted({n for p in pairs for n in p})  # 5 of the 12 images
+    opts = VerifyOptions(num_features=300)
+    full = verify_pairs(fixture_database, pairs, opts, work_database=tmp_path / "full.db")
+    part = verify_pairs(fixture_database, pairs, opts, work_database=tmp_path / "part.db", work_images=subset)
+    assert part == full and any(full.values())  # the same scores (and image ids) as a copy of every image
+    images, cameras, frames, rigs = _held(tmp_path / "part.db")
+    all_images, all_cameras, all_frames, all_rigs = _held(fixture_database)
+    assert images == subset and len(all_images) == 12
+    with FeatureDatabase(fixture_database) as db:  # the subset's own cameras, frames and rigs, under the source ids
+        assert cameras == sorted(db.image_ids[n][1] for n in subset)
+    assert len(frames) == len(rigs) == 5 and set(frames) < set(all_frames) and set(rigs) < set(all_rigs)
+    with pycolmap.Database.open(str(tmp_path / "part.db")) as db:
+        assert db.num_images() == 5 and db.num_keypoints() <= 5 * 300 and db.num_matched_image_pairs() == 4
+    assert (tmp_path / "part.db").stat().st_size < 0.6 * (tmp_path / "full.db").stat().st_size
+    mirror_log.set_level(logging.INFO, logger="mirror_sfm")
+    more = pairs + [(names[0], names[1])]  # another image set: the copy is made again, with those images
+    verify_pairs(
+        fixture_database, more, opts, work_database=tmp_path / "part.db", work_images=[n for p in more for n in p]
+    )
+    assert "image set" in mirror_log.text
+    assert _held(tmp_path / "part.db")[0] == sorted({n for p in more for n in p})
+
+
 @pytest.mark.parametrize(
-    "bad", [{"shortlist": 0}, {"num_features": -1}, {"method": "orb"}, {"max_ratio": 0}, {"max_ratio": 1.5}]
+    "bad",
+    [
+        {"shortlist": 0},
+        {"num_features": -1},
+        {"method": "orb"},
+        {"max_ratio": 0},
+        {"max_ratio": 1.5},
+        {"feature_subset": "random"},
+    ],
 )
 def test_bad_verify_options(bad):
     with pytest.raises(MirrorError):
@@ -301,7 +358,8 @@ def test_steps_hand_each_other_files_and_match_generate_pairs(tmp_path, fixture_
         scores_output=tmp_path / "verified-scores.txt",
     )
     assert read_pairs(tmp_path / "verified.txt") == verified and len(verified) == 12 * 3
-    assert set(verified) <= set(shortlist)
+    # each pair was shortlisted one way or the other (reverse candidates: b's shortlist held a)
+    assert all((a, b) in set(shortlist) or (b, a) in set(shortlist) for a, b in verified)
     composed = generate_pairs(
         FIXTURE,
         tmp_path / "composed.txt",
@@ -313,3 +371,76 @@ def test_steps_hand_each_other_files_and_match_generate_pairs(tmp_path, fixture_
     assert verified == composed
     inliers = [int(line.split()[2]) for line in (tmp_path / "verified-scores.txt").read_text().splitlines()]
     assert len(inliers) == len(verified) and max(inliers) >= 15
+
+
+def _blobs(database, table):
+    """{image_id: rows x cols array} of a keypoints or descriptors table, read without writing the database."""
+    dtype = np.float32 if table == "keypoints" else np.uint8
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as con:
+        rows = con.execute(f"SELECT image_id, rows, cols, data FROM {table}").fetchall()
+    return {i: np.frombuffer(data, dtype).reshape(r, c) for i, r, c, data in rows}
+
+
+def test_working_database_keeps_each_images_largest_scales(tmp_path, fixture_database):
+    """COLMAP stores the finest scales first: the working copy keeps each image's N largest scales (coarse octaves
+    kept), keypoints and descriptors row for row; an image with at most N features is copied whole."""
+    n = 100
+    work = working_database(fixture_database, tmp_path / "work.db", n)
+    for table in ("keypoints", "descriptors"):
+        full, kept = _blobs(fixture_database, table), _blobs(work, table)
+        assert kept.keys() == full.keys()
+        for image_id, rows in full.items():
+            subset = feature_subset(_blobs(fixture_database, "keypoints")[image_id], n)
+            np.testing.assert_array_equal(kept[image_id], rows[subset])
+            assert len(kept[image_id]) == min(len(rows), n)
+
+    def scale(k):
+        return np.sqrt(np.abs(k[:, 2] * k[:, 5] - k[:, 3] * k[:, 4]))
+
+    full, kept = _blobs(fixture_database, "keypoints"), _blobs(work, "keypoints")
+    image_id = max(full, key=lambda i: len(full[i]))
+    assert len(full[image_id]) > 2 * n
+    assert scale(full[image_id][:n]).max() < scale(kept[image_id]).min()  # the first n rows: all fine scales
+    assert scale(kept[image_id]).min() >= np.sort(scale(full[image_id]))[-n]
+    rows = np.array([[0, 0, 1.0, 0], [0, 0, 3.0, 0], [0, 0, 2.0, 0], [0, 0, 0.5, 0]], np.float32)  # x, y, scale, angle
+    assert feature_subset(rows, 9) == slice(None) and list(feature_subset(rows, 2)) == [1, 2]
+    assert list(feature_subset(rows, 2, "spread")) == [0, 3] and list(feature_subset(rows, 2, "first")) == [0, 1]
+    first = working_database(fixture_database, tmp_path / "first.db", n, subset="first")
+    assert all(
+        np.array_equal(kept, _blobs(fixture_database, "keypoints")[i][:n])
+        for i, kept in _blobs(first, "keypoints").items()
+    )
+
+
+def test_light_sift_goes_in_chunks_and_a_killed_run_resumes(tmp_path, monkeypatch):
+    """Light SIFT is extracted a chunk at a time (a progress bar between pycolmap calls); a run killed after the
+    first chunk keeps it, and the next run extracts only the rest."""
+    from mirror_sfm import verify as verify_module
+    from mirror_sfm.colmap import images_with_features, sift
+
+    names = sorted(p.name for p in FIXTURE.iterdir())[:5]
+    monkeypatch.setattr(verify_module, "SIFT_CHUNK", 2)
+    calls = []
+    real = sift.extract_sift
+
+    def killed_after_one_chunk(database, image_dir, chunk, options):
+        calls.append(list(chunk))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(database, image_dir, chunk, options)
+
+    monkeypatch.setattr(sift, "extract_sift", killed_after_one_chunk)
+    database = tmp_path / "light.db"
+    options = VerifyOptions(sift_max_image_size=320, sift_max_num_features=256)
+    with pytest.raises(KeyboardInterrupt):
+        verify_module.light_sift_database(FIXTURE, names, database, options)
+    assert images_with_features(database) == set(names[:2])
+    resumed = []
+
+    def recorded(database, image_dir, chunk, options):
+        resumed.extend(chunk)
+        real(database, image_dir, chunk, options)
+
+    monkeypatch.setattr(sift, "extract_sift", recorded)
+    verify_module.light_sift_database(FIXTURE, names, database, options)
+    assert images_with_features(database) == set(names) and resumed == names[2:]

@@ -22,13 +22,12 @@ def database_images(database: Path) -> dict[str, int]:
 
 
 def images_with_features(database: Path) -> set[str]:
-    """Names of the database images that have both keypoints and descriptors."""
-    with pycolmap.Database.open(str(database)) as db:
-        return {
-            img.name
-            for img in db.read_all_images()
-            if db.exists_keypoints(img.image_id) and db.exists_descriptors(img.image_id)
-        }
+    """Names of the database images that have both keypoints and descriptors (read-only: looking does not change
+    the file's bytes or mtime, which the working databases built from it are keyed on)."""
+    from ..database_reader import FeatureDatabase
+
+    with FeatureDatabase(database) as db:
+        return db.names_with_features()
 
 
 def merge_databases(parts: list[tuple[str, Path]], output: Path) -> Path:
