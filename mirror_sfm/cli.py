@@ -55,7 +55,7 @@ RETRIEVAL_FLAGS = (
     Flag("rerank", ("--rerank",), choices=("prmac", "none")),
     Flag("shortlist", ("--prmac-shortlist",), metavar="N"),
     Flag("query_expansion", ("--query-expansion",), metavar="N"),
-    Flag("whitening", ("--whitening",), choices=("none", "model", "database")),
+    Flag("whitening", ("--whitening",), choices=("auto", "none", "model", "database")),
     Flag("exact_max", ("--exact-max",), metavar="N"),
     Flag("index", ("--index",), metavar="FACTORY"),
     Flag("ivf_nlist", ("--index-nlist",), metavar="N"),
@@ -387,10 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
         "fit descriptor whitening and save it with the weights",
         "--features: PCA whitening of the regional descriptors of a descriptor file. --labels / --split: learned\n"
         "whitening (Radenović et al.: whiten by the covariance of matching-pair differences, rotate by the PCA of\n"
-        "all descriptors) fitted on labelled scenes. Use the result with --weights FILE --whitening model.",
+        "all descriptors) fitted on labelled scenes. Use the result with --weights FILE: pairs and evaluate apply\n"
+        "the file's whitening by default (--whitening auto; --whitening none turns it off).",
         "mirror_sfm whiten --features global-feats.h5 -o my-weights.pt\n"
         "mirror_sfm whiten --split train --labels-root outputs/labels --positives ct:0.2 -o my-weights.pt\n"
-        "mirror_sfm pairs images/ -o pairs.txt --weights my-weights.pt --whitening model",
+        "mirror_sfm pairs images/ -o pairs.txt --weights my-weights.pt",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--features", type=Path, metavar="H5", help="PCA whitening of this descriptor file from 'extract'")

@@ -36,16 +36,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def extractor_signature(model: RetrievalModel, options: ExtractionOptions) -> dict:
-    """What determines the stored descriptors: a file made with another signature is recomputed."""
+def weights_digest(model: RetrievalModel) -> str:
+    """A short digest of the backbone's weights (the `weights_sha1` a descriptor file records)."""
     digest = hashlib.sha1()
     for key, value in sorted(model.backbone.state_dict().items()):
         digest.update(key.encode())
         digest.update(value.detach().cpu().float().numpy().tobytes()[:4096])
+    return digest.hexdigest()[:16]
+
+
+def extractor_signature(model: RetrievalModel, options: ExtractionOptions) -> dict:
+    """What determines the stored descriptors: a file made with another signature is recomputed."""
     pooling = pooling_of(options, model)
     signature = {
         "model": model.name,
-        "weights_sha1": digest.hexdigest()[:16],
+        "weights_sha1": weights_digest(model),
         "resize": options.resize,
         "pooling": pooling,
         "regional": options.regional,
@@ -54,6 +59,15 @@ def extractor_signature(model: RetrievalModel, options: ExtractionOptions) -> di
     if pooling == "gem":
         signature["gem_p"] = model.gem_p
     return signature
+
+
+def made_by(path: str | Path, model: RetrievalModel) -> bool:
+    """Whether the descriptor file `path` (mirror_sfm's) records the weights of `model` (name and digest), i.e.
+    its vectors are provably that model's; False for files that record no weights or other ones."""
+    recorded = features_io.read_extractor(path)
+    return (
+        bool(recorded) and recorded.get("weights_sha1") == weights_digest(model) and recorded.get("model") == model.name
+    )
 
 
 @torch.no_grad()

@@ -140,6 +140,17 @@ def open_work_file(path: Path, extractor: dict) -> h5py.File:
     return f
 
 
+def read_extractor(path: str | Path) -> dict:
+    """The extraction settings a descriptor file records (its root `extractor` attribute); {} when it records
+    none (a foreign file) or cannot be read."""
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get(EXTRACTOR_ATTR)
+            return json.loads(value) if value else {}
+    except Exception:
+        return {}
+
+
 def _read_extractor(path: Path, repair: bool) -> dict:
     try:
         f = h5py.File(path, "r")

@@ -137,6 +137,12 @@ def load_torch_file(path: Path, fmt: str, what: str, kind: str) -> dict:
     return state
 
 
+def is_imagenet(weights: str | Path) -> bool:
+    """Whether `weights` names the ImageNet initialisation ("imagenet", or "default" with no shipped file): a
+    model with no whitening, so --whitening auto needs no model loaded to know it whitens nothing."""
+    return str(weights) == "imagenet" or (str(weights) == "default" and not PACKAGED_WEIGHTS.is_file())
+
+
 def load_model(weights: str | Path = "default", backbone: str = DEFAULT_BACKBONE) -> RetrievalModel:
     """Load a model: "default" (shipped fine-tuned weights, else ImageNet), "imagenet", or a checkpoint path."""
     if str(weights) == "default":

@@ -180,6 +180,13 @@ def foreign_descriptors(
             f"--whitening model applies the weights' whitening to their own descriptors, not to "
             f"those of {features}: use --whitening none or database"
         )
+    if retrieval.whitening == "auto":
+        logger.info(
+            "%s records no weights: its descriptors are not whitened (--whitening auto applies a weights "
+            "file's whitening only to descriptors made by those weights)",
+            features,
+        )
+        retrieval = replace(retrieval, whitening="none")
     extraction = replace(options.extraction, pooling="mac")  # no R-MAC rebuild of another network's global
     return glob, regional, replace(options, retrieval=retrieval, extraction=extraction)
 

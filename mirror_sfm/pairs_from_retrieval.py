@@ -12,8 +12,10 @@ import logging
 from pathlib import Path
 
 from . import features_io
+from .errors import MirrorError
+from .extract import made_by
 from .io_utils import check_writable
-from .model import RetrievalModel, load_model
+from .model import RetrievalModel, is_imagenet, load_model
 from .pairs import PairsOptions, foreign_descriptors, rank_pairs, resolve_num_matched
 from .pairs_io import Pair, write_pairs
 from .regions import read_for_retrieval
@@ -32,7 +34,9 @@ def main(
     """Rank the images of `descriptors` and write each one's top K to `output` (atomically); returns the pairs.
 
     K: `num_matched`, else `options.retrieval.num_matched`. `scores_output`: `name1 name2 cnn_score` lines.
-    `model` is needed only for `whitening = "model"` (default: the weights named in `options.extraction`).
+    `model` is needed only for the weights' whitening (default: the weights named in `options.extraction`):
+    `whitening = "auto"` applies it when the file records those weights (else none, logged), `"model"` refuses
+    a file made by other weights.
     """
     options = resolve_num_matched(options or PairsOptions(), num_matched)
     output, descriptors = Path(output), Path(descriptors)
@@ -47,8 +51,25 @@ def main(
         names, glob, regional = read_for_retrieval(
             descriptors, None, options.retrieval.rerank, options.retrieval.exact_max
         )
-        if options.retrieval.whitening == "model":
+        whitening = options.retrieval.whitening
+        if whitening == "model" or (
+            whitening == "auto" and not (model is None and is_imagenet(options.extraction.weights))
+        ):
             model = model or load_model(options.extraction.weights)
+            if not made_by(descriptors, model):
+                if whitening == "model":
+                    raise MirrorError(
+                        f"--whitening model: {descriptors} was not described by the weights {model.name} "
+                        f"(another network or weights file): use --whitening none or database"
+                    )
+                if model.whitening is not None:
+                    logger.info(
+                        "%s was described by other weights than %s: its descriptors are not whitened "
+                        "(--whitening auto)",
+                        descriptors,
+                        model.name,
+                    )
+                model = None
     pairs, scores = rank_pairs(names, glob, regional, options, model)
     write_pairs(output, pairs)
     if scores_output:

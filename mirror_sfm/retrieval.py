@@ -44,7 +44,8 @@ class RetrievalOptions:
         shortlist: CNN candidates re-ranked by PR-MAC per query.
         query_expansion: alpha query expansion over this many top neighbours (0: off).
         qe_alpha: the exponent of alpha query expansion.
-        whitening: descriptor whitening: none | model (the weights' own) | database (PCA fitted on these images).
+        whitening: descriptor whitening: auto (the weights' own when they carry one and the descriptors are
+            provably theirs, else none) | none | model (the weights' own) | database (PCA fitted on these images).
         whitening_dim: output dimension of 'database' whitening.
         exact_max: exact search up to this many database images, the compressed index above.
         index: faiss index_factory string of the compressed index (inner product) used above exact_max; {nlist}
@@ -63,7 +64,7 @@ class RetrievalOptions:
     shortlist: int = 100
     query_expansion: int = 0
     qe_alpha: float = 3.0
-    whitening: str = "none"
+    whitening: str = "auto"
     whitening_dim: int = 256
     exact_max: int = 100_000
     index: str = DEFAULT_INDEX
@@ -78,8 +79,8 @@ class RetrievalOptions:
         """One MirrorError line (naming the command-line flag) for a value no search can use."""
         if self.rerank not in ("prmac", "none"):
             raise MirrorError(f"rerank must be prmac or none, got {self.rerank!r}")
-        if self.whitening not in ("none", "model", "database"):
-            raise MirrorError(f"whitening must be none, model or database, got {self.whitening!r}")
+        if self.whitening not in ("auto", "none", "model", "database"):
+            raise MirrorError(f"whitening must be auto, none, model or database, got {self.whitening!r}")
         if self.use_gpu not in ("auto", "yes", "no"):
             raise MirrorError(f"use_gpu must be auto, yes or no, not {self.use_gpu!r}")
         at_least = {
@@ -405,9 +406,17 @@ def rerank_prmac(
 def choose_whitening(
     options: RetrievalOptions, model_whitening: Whitening | None, regional: np.ndarray | None, glob: np.ndarray
 ) -> Whitening | None:
-    """The whitening to apply: none, the model's own, or PCA fitted on this database's regional vectors."""
+    """The whitening to apply: none, the model's own, or PCA fitted on this database's regional vectors.
+
+    "auto" is the model's own when it carries one, else none. Callers pass `model_whitening` only for
+    descriptors made by that model's weights (None otherwise), so auto never whitens another network's vectors.
+    """
     if options.whitening == "none":
         return None
+    if options.whitening == "auto":
+        if model_whitening is not None:
+            logger.info("applying the weights' own %d-d whitening (--whitening auto)", model_whitening.dim)
+        return model_whitening
     if options.whitening == "model":
         if model_whitening is None:
             logger.info("the model carries no whitening: descriptors are used unwhitened")

@@ -2,9 +2,15 @@
 images per step.
 
 Row 0 holds anchors, row 1 a strong positive of each anchor, row 2 a weak positive; each column comes from
-another scene, so every image of another column is a negative. Each image comes with the overlap masks
-of its pair (the anchor's pixels whose surface the positive also sees, and the converse), cropped and
-flipped with it. Real and synthetic (``synth_*``) scenes are mixed at a set ratio.
+another scene, so every image of another column is a negative. With `same_scene_negatives`, row 3 holds an
+image of the anchor's own scene that shares no surface with it (a hard negative the other columns cannot
+supply). Each image comes with the overlap masks of its pair (the anchor's pixels whose surface the positive
+also sees, and the converse), cropped and flipped with it. Real and synthetic (``synth_*``) scenes are mixed at
+a set ratio.
+
+Scenes come from gtgen's mesh labels (triplets.json + geolabel/) or, for scenes without a mesh, from the
+geometric verification of a COLMAP database (`load_pseudo_scene`: pairs with many verified inliers are
+positives, pairs that fail verification negatives; no masks).
 
 A batch is a pure function of (seed, step): resuming at step t draws exactly the batches an
 uninterrupted run would have, whatever the number of loader workers.
@@ -24,7 +30,18 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import MirrorError
-from ..labels import MANIFEST, MASK_SIZE, read_manifest, read_mask_bin, read_mask_png, scene_image_dir
+from ..labels import (
+    GEOLABEL,
+    MANIFEST,
+    MASK_SIZE,
+    SceneLabels,
+    combined_ratios,
+    load_scene_labels,
+    read_manifest,
+    read_mask_bin,
+    read_mask_png,
+    scene_image_dir,
+)
 from .augment import AugmentOptions, crop_mask, jitter_colour, load_cropped, sample_crop
 
 logger = logging.getLogger(__name__)
@@ -36,7 +53,15 @@ SYNTHETIC_PREFIX = "synth_"
 class DataOptions:
     """`root`: folder of labelled scenes (one gtgen output folder each); `splits`: YAML naming the train and
     validation scenes (globs allowed; empty: the source checkout's configs/splits.yaml); `columns`: N_b, scenes per
-    batch; `real_fraction`: expected share of columns from real scenes (the rest synthetic, when both exist)."""
+    batch; `real_fraction`: expected share of columns from real scenes (the rest synthetic, when both exist).
+    `same_scene_negatives`: a fourth row per column, an image of the anchor's scene with no overlap (see
+    `same_scene_negatives`); `negative_max_co` > 0 relaxes "no overlap" to CO below it.
+    `pseudo_labels`: names or globs of train-split scenes read from their COLMAP
+    database (ROOT/<scene>/reconstruction/database.db) by geometric verification instead of mesh labels
+    (`load_pseudo_scene`); a scene of any other split is never taken. `pseudo_image_dir`: their photos,
+    "{scene}" replaced by the name (empty: ROOT/<scene>/images). `pseudo_strong_inliers` / `pseudo_weak_inliers`:
+    verified inliers making a strong / weak positive; `pseudo_negative_inliers`: fewer (or a failed
+    verification) make a negative."""
 
     root: str = "outputs/labels"
     splits: str = ""
@@ -45,6 +70,13 @@ class DataOptions:
     columns: int = 4
     real_fraction: float = 0.5
     num_workers: int = 1
+    same_scene_negatives: bool = False
+    negative_max_co: float = 0.0
+    pseudo_labels: tuple[str, ...] = ()
+    pseudo_image_dir: str = ""
+    pseudo_strong_inliers: int = 100
+    pseudo_weak_inliers: int = 30
+    pseudo_negative_inliers: int = 15
 
 
 # ----------------------------------------------------------------------------- labelled scenes
@@ -63,6 +95,7 @@ class AnchorLabels:
     index: int
     strong: list[Positive]
     weak: list[Positive]
+    negatives: list[int] = field(default_factory=list)  # images of the same scene sharing no surface with it
 
 
 @dataclass
@@ -109,8 +142,9 @@ class LabelledScene:
         return None
 
 
-def load_scene(path: str | Path, name: str | None = None) -> LabelledScene:
-    """Read SCENE/triplets.json (a gtgen manifest) into a LabelledScene."""
+def load_scene(path: str | Path, name: str | None = None, negative_max_co: float = 0.0) -> LabelledScene:
+    """Read SCENE/triplets.json (a gtgen manifest) into a LabelledScene; each anchor's same-scene negatives
+    come from geolabel/ (`same_scene_negatives`)."""
     path = Path(path)
     manifest_path = path if path.is_file() else path / MANIFEST
     scene_dir = manifest_path.parent
@@ -128,6 +162,15 @@ def load_scene(path: str | Path, name: str | None = None) -> LabelledScene:
         return [Positive(int(p["j"]), float(p["co"]), p.get("mask"), p.get("mask_other")) for p in entries]
 
     anchors = [AnchorLabels(int(a["index"]), positives(a["strong"]), positives(a["weak"])) for a in manifest["anchors"]]
+    if (scene_dir / GEOLABEL).is_dir():
+        labels = load_scene_labels(scene_dir)
+        if labels.names != names:
+            raise MirrorError(f"{manifest_path}: its images differ from {scene_dir / 'image_list.txt'}")
+        negatives = same_scene_negatives(
+            labels, negative_max_co, float(manifest.get("thresholds", {}).get("t_sfm", 0.2))
+        )
+        for a in anchors:
+            a.negatives = negatives.get(a.index, [])
     usable = [a for a in anchors if a.strong and a.weak]
     name = name or scene_dir.name
     return LabelledScene(
@@ -141,6 +184,98 @@ def load_scene(path: str | Path, name: str | None = None) -> LabelledScene:
         name.startswith(SYNTHETIC_PREFIX),
         len(anchors),
     )
+
+
+def same_scene_negatives(labels: SceneLabels, max_co: float = 0.0, t_sfm: float = 0.2) -> dict[int, list[int]]:
+    """{i: images j of the scene sharing nothing with i}: both labelled (some common track or mesh overlap with
+    any image, so registered and seen: an unregistered image's overlap is unknown, never zero) and no common
+    track and no mesh overlap in either direction, so CO(i, j) = 0. `max_co` > 0: CO(i, j) < max_co instead."""
+    touch = (labels.ct + labels.ct.T + labels.mo + labels.mo.T).tocsr()
+    touch.setdiag(0)
+    touch.eliminate_zeros()
+    labelled = np.flatnonzero(np.diff(touch.indptr) > 0)
+    if max_co > 0:
+        co = combined_ratios(labels.ct, labels.mo, t_sfm).tocsr()
+        close = (co >= max_co).tocsr()
+    else:
+        close = touch
+    out = {}
+    for i in labelled:
+        linked = set(close.indices[close.indptr[i] : close.indptr[i + 1]].tolist())
+        out[int(i)] = [int(j) for j in labelled if j != i and int(j) not in linked]
+    return out
+
+
+# ----------------------------------------------------------------------------- pseudo-labels (COLMAP)
+
+DATABASE = Path("reconstruction") / "database.db"
+GEOMETRIC_CONFIGS = (2, 3, 4, 5)  # COLMAP TwoViewGeometry: calibrated, uncalibrated, planar, planar or panoramic
+FAILED_CONFIGS = (0, 1)  # undefined, degenerate: verification failed
+
+
+def verified_pairs(database: str | Path) -> tuple[list[str], dict[tuple[int, int], tuple[int, int]]]:
+    """(image names by 0-based index in image_id order, {(i, j) with i < j: (config, inliers)}) of a COLMAP
+    database's two-view geometries (read-only). Pairs never matched are absent."""
+    import sqlite3
+
+    path = Path(database)
+    if not path.is_file():
+        raise MirrorError(f"COLMAP database not found: {path}")
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        images = con.execute("SELECT image_id, name FROM images ORDER BY image_id").fetchall()
+        rows = con.execute("SELECT pair_id, rows, config FROM two_view_geometries").fetchall()
+    except sqlite3.Error as exc:
+        raise MirrorError(f"cannot read two-view geometries of {path}: {exc}") from None
+    finally:
+        con.close()
+    index = {int(image_id): k for k, (image_id, _) in enumerate(images)}
+    pairs = {}
+    for pair_id, inliers, config in rows:
+        id2 = int(pair_id) % 2147483647
+        id1 = (int(pair_id) - id2) // 2147483647
+        if id1 in index and id2 in index:
+            i, j = sorted((index[id1], index[id2]))
+            pairs[(i, j)] = (int(config), int(inliers or 0))
+    return [name for _, name in images], pairs
+
+
+def load_pseudo_scene(
+    scene_dir: str | Path, options: DataOptions | None = None, image_dir: str | Path | None = None
+) -> LabelledScene:
+    """A training scene labelled by geometric verification instead of a mesh: from SCENE/reconstruction/
+    database.db (COLMAP's matching), a pair verified with a real two-view geometry (calibrated, uncalibrated,
+    planar) and >= `pseudo_strong_inliers` inliers is a strong positive, with `pseudo_weak_inliers` up to that a
+    weak one; a pair whose verification failed or kept fewer than `pseudo_negative_inliers` inliers is a
+    same-scene negative. Panoramic (no baseline) and watermark geometries are neither (on turntables they are the
+    static background). No masks: the mask terms are off for these pairs. `co` of a positive is its inlier
+    count over `pseudo_strong_inliers`, capped at 1."""
+    options = options or DataOptions()
+    scene_dir = Path(scene_dir)
+    names, pairs = verified_pairs(scene_dir / DATABASE)
+    if image_dir is None:
+        image_dir = options.pseudo_image_dir.format(scene=scene_dir.name) if options.pseudo_image_dir else None
+    image_dir = Path(image_dir) if image_dir else scene_dir / "images"
+    if not image_dir.is_dir():
+        raise MirrorError(f"images of pseudo-labelled scene {scene_dir.name} not found: {image_dir}")
+    strong: dict[int, list[Positive]] = {}
+    weak: dict[int, list[Positive]] = {}
+    negatives: dict[int, list[int]] = {}
+    for (i, j), (config, inliers) in sorted(pairs.items()):
+        for a, b in ((i, j), (j, i)):
+            if config in GEOMETRIC_CONFIGS and inliers >= options.pseudo_strong_inliers:
+                strong.setdefault(a, []).append(Positive(b, 1.0))
+            elif config in GEOMETRIC_CONFIGS and inliers >= options.pseudo_weak_inliers:
+                weak.setdefault(a, []).append(Positive(b, inliers / options.pseudo_strong_inliers))
+            elif config in FAILED_CONFIGS or inliers < options.pseudo_negative_inliers:
+                negatives.setdefault(a, []).append(b)
+    anchors = [
+        AnchorLabels(k, strong.get(k, []), weak.get(k, []), negatives.get(k, []))
+        for k in range(len(names))
+        if strong.get(k) or weak.get(k)
+    ]
+    usable = [a for a in anchors if a.strong and a.weak]
+    return LabelledScene(scene_dir.name, scene_dir, image_dir, names, usable, None, MASK_SIZE, False, len(anchors))
 
 
 # ----------------------------------------------------------------------------- splits
@@ -203,6 +338,31 @@ def split_scenes(root: str | Path, splits_path: str | Path | None, split: str) -
     return [root / s for s in available if membership.get(s) == split]
 
 
+def pseudo_label_scenes(
+    root: str | Path, splits_path: str | Path | None, split: str, patterns: list[str] | tuple[str, ...]
+) -> list[Path]:
+    """Folders under `root` holding reconstruction/database.db whose name matches `patterns` and that the
+    split names (and no other split does), sorted: the scenes `load_pseudo_scene` labels. A validation scene
+    is never returned for the train split, whatever `patterns` says."""
+    root = Path(root)
+    if not patterns or not root.is_dir():
+        return []
+    splits = read_splits(splits_path or checkout_splits())
+    if split not in splits:
+        raise MirrorError(f"{splits_path}: no split {split!r}")
+    out = []
+    for folder in sorted(p.parents[1] for p in root.glob(f"*/{DATABASE.as_posix()}")):
+        name = folder.name
+        if not any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
+            continue
+        member = {k for k, pats in splits.items() if k != "groups" and any(fnmatch.fnmatchcase(name, p) for p in pats)}
+        if member != {split}:
+            logger.info("scene %s: in split(s) %s, not only %r: not pseudo-labelled", name, sorted(member), split)
+            continue
+        out.append(folder)
+    return out
+
+
 # ----------------------------------------------------------------------------- batches
 
 
@@ -250,24 +410,35 @@ class TripletBatches(Dataset):
         return self.make_batch(int(step))
 
     def make_batch(self, step: int) -> dict:
-        """images (3, N, 3, S, S) float in [0, 1]; masks (N, 4, S, S) bool = [anchor for strong, strong for
-        anchor, anchor for weak, weak for anchor]; mask_valid (N, 2) bool (strong pair, weak pair labelled);
-        indices (3, N) image indices; scenes: N names; step."""
+        """images (R, N, 3, S, S) float in [0, 1], R = 3 (anchor, strong, weak) or 4 with `same_scene_negatives`
+        (row 3: an image of the column's scene sharing nothing with the anchor; where the anchor has none, a
+        copy of the weak positive with negative_valid False); masks (N, 4, S, S) bool = [anchor for strong,
+        strong for anchor, anchor for weak, weak for anchor]; mask_valid (N, 2) bool (strong pair, weak pair
+        labelled); negative_valid (N,) bool (only with row 3); indices (R, N) image indices; scenes: N names;
+        step."""
         rng = np.random.default_rng([self.seed, step])
         size = self.augment.size
         n = self.options.columns
-        images = torch.empty(3, n, 3, size, size)
+        rows = 4 if self.options.same_scene_negatives else 3
+        images = torch.empty(rows, n, 3, size, size)
         masks = torch.zeros(n, 4, size, size, dtype=torch.bool)
         valid = torch.zeros(n, 2, dtype=torch.bool)
-        indices = torch.empty(3, n, dtype=torch.long)
+        negative_valid = torch.zeros(n, dtype=torch.bool)
+        indices = torch.empty(rows, n, dtype=torch.long)
         names = []
         for col, k in enumerate(self.choose_scenes(rng)):
             scene = self.scenes[k]
             anchor = scene.anchors[int(rng.integers(len(scene.anchors)))]
             strong = anchor.strong[int(rng.integers(len(anchor.strong)))]
             weak = anchor.weak[int(rng.integers(len(anchor.weak)))]
+            chosen = [anchor.index, strong.j, weak.j]
+            if rows == 4:
+                negative_valid[col] = bool(anchor.negatives)
+                chosen.append(
+                    anchor.negatives[int(rng.integers(len(anchor.negatives)))] if anchor.negatives else weak.j
+                )
             crops = []
-            for row, idx in enumerate((anchor.index, strong.j, weak.j)):
+            for row, idx in enumerate(chosen):
                 w, h = scene.image_size(idx)
                 crop = sample_crop(rng, w, h, self.augment)
                 images[row, col] = jitter_colour(load_cropped(scene.image_path(idx), crop, size), rng, self.augment)
@@ -281,7 +452,7 @@ class TripletBatches(Dataset):
                 masks[col, 2 * p + 1] = crop_mask(pm[1], crops[row], size)
                 valid[col, p] = True
             names.append(scene.name)
-        return {
+        batch = {
             "images": images,
             "masks": masks,
             "mask_valid": valid,
@@ -289,16 +460,20 @@ class TripletBatches(Dataset):
             "scenes": names,
             "step": step,
         }
+        if rows == 4:
+            batch["negative_valid"] = negative_valid
+        return batch
 
 
-def load_scenes(paths: list[Path]) -> list[LabelledScene]:
-    scenes = [load_scene(p) for p in paths]
+def load_scenes(paths: list[Path], negative_max_co: float = 0.0) -> list[LabelledScene]:
+    scenes = [load_scene(p, negative_max_co=negative_max_co) for p in paths]
     for s in scenes:
         logger.info(
-            "scene %s: %d images, %d of %d anchors have strong and weak positives",
+            "scene %s: %d images, %d of %d anchors have strong and weak positives, %d a same-scene negative",
             s.name,
             len(s.names),
             len(s.anchors),
             s.num_listed_anchors,
+            sum(1 for a in s.anchors if a.negatives),
         )
     return scenes

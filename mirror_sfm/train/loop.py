@@ -23,7 +23,7 @@ from ..extract import resolve_device
 from ..model import RetrievalModel, load_model, save_weights
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelOptions, TrainConfig
-from .data import TripletBatches, load_scenes, split_scenes
+from .data import TripletBatches, load_pseudo_scene, load_scenes, pseudo_label_scenes, split_scenes
 from .logs import CSVLog, TensorBoard
 from .losses import batched_loss, masked_descriptors
 
@@ -39,6 +39,8 @@ LOG_FIELDS = [
     "d_pos",
     "d_neg",
     "rank_ok",
+    "same",
+    "d_same",
     "lr",
     "step_time",
     "data_time",
@@ -113,7 +115,8 @@ def batch_loss(model: RetrievalModel, batch: dict, config: TrainConfig, device: 
             da, va = masked_descriptors(fm[0], masks[:, 2 * p], config.model.mask_min_fraction)
             dp, vp = masked_descriptors(fm[row], masks[:, 2 * p + 1], config.model.mask_min_fraction)
             masked[key] = (da, dp, valid[:, p] & va & vp)
-    return batched_loss(desc, masked, config.loss)
+    negative_valid = batch.get("negative_valid")
+    return batched_loss(desc, masked, config.loss, negative_valid.to(device) if negative_valid is not None else None)
 
 
 # ----------------------------------------------------------------------------- validation / export
@@ -198,20 +201,39 @@ def _train(config: TrainConfig, out: Path, train_scenes, val_scenes, callback) -
     torch.manual_seed(run.seed)
     device = resolve_device(run.device)
 
+    pseudo: list[Path] = []
     if train_scenes is None:
         train_scenes = split_scenes(config.data.root, config.data.splits, config.data.train_split)
+        pseudo = pseudo_label_scenes(
+            config.data.root, config.data.splits, config.data.train_split, config.data.pseudo_labels
+        )
+        train_scenes = [p for p in train_scenes if Path(p).name not in {q.name for q in pseudo}]
     if val_scenes is None:
         val_scenes = (
             split_scenes(config.data.root, config.data.splits, config.data.val_split) if run.validate_every > 0 else []
         )
         if run.validate_every > 0 and not val_scenes:
             logger.info("no labelled validation scene under %s: validation off", config.data.root)
-    if not train_scenes:
+    if not train_scenes and not pseudo:
         raise MirrorError(
             f"no labelled training scene under {config.data.root} (split {config.data.train_split!r} "
             f"of {config.data.splits}): write labels with gtgen first"
         )
-    dataset = TripletBatches(load_scenes(list(train_scenes)), config.data, config.augment, run.seed)
+    scenes = load_scenes(list(train_scenes), config.data.negative_max_co)
+    for p in pseudo:
+        scene = load_pseudo_scene(p, config.data)
+        logger.info(
+            "scene %s (pseudo-labels from geometric verification): %d images, %d of %d anchors have strong and "
+            "weak positives, %d with a same-scene negative",
+            scene.name,
+            len(scene.names),
+            len(scene.anchors),
+            scene.num_listed_anchors,
+            sum(1 for a in scene.anchors if a.negatives),
+        )
+        scenes.append(scene)
+    train_scenes = [*train_scenes, *pseudo]
+    dataset = TripletBatches(scenes, config.data, config.augment, run.seed)
     scene_names = [s.name for s in dataset.scenes]
 
     model = build_model(config.model)
@@ -228,12 +250,13 @@ def _train(config: TrainConfig, out: Path, train_scenes, val_scenes, callback) -
         logger.info("resuming from %s at step %d", ckpt, step)
     resumed_from = step
     logger.info(
-        "training %s on %s: %d trainable parameters, %d scenes, %d columns x 3 rows at %d px, steps %d -> %d",
+        "training %s on %s: %d trainable parameters, %d scenes, %d columns x %d rows at %d px, steps %d -> %d",
         model.backbone.info.name,
         device,
         trainable,
         len(dataset.scenes),
         config.data.columns,
+        4 if config.data.same_scene_negatives else 3,
         config.augment.size,
         step,
         run.steps,
@@ -296,6 +319,8 @@ def _train(config: TrainConfig, out: Path, train_scenes, val_scenes, callback) -
             "name": f"{model.backbone.info.name}-mirror-{Path(run.out).name}",
             "trained_steps": step,
             "train_scenes": [Path(p).name for p in train_scenes],
+            "pseudo_labelled_scenes": [p.name for p in pseudo],
+            "same_scene_negatives": config.data.same_scene_negatives,
             "pooling": model.pooling,
             "train_size": config.augment.size,
         }

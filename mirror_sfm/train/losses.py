@@ -28,6 +28,8 @@ class LossOptions:
     anchor_swap: bool = True  # eq. 6: nearest negative of the anchor *or* of the positive
     mining: str = "hardest"  # hardest: the nearest in-batch negative; all: mean hinge over every negative
     squared: bool = False  # squared Euclidean distance instead of the plain one
+    margin_same: float = 0.5  # alpha of anchor-strong vs the same-scene negative (row 3, when the batch has one)
+    lambda_same: float = 1.0  # weight of that term
 
 
 def distance(x: torch.Tensor, y: torch.Tensor, squared: bool = False, eps: float = 1e-12) -> torch.Tensor:
@@ -119,10 +121,21 @@ def _mean_hinge(
 
 
 def batched_loss(
-    desc: torch.Tensor, masked: dict | None = None, options: LossOptions | None = None
+    desc: torch.Tensor,
+    masked: dict | None = None,
+    options: LossOptions | None = None,
+    negative_valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 8 on a (3, N, D) batch: row 0 anchors a_i, row 1 strong positives s_i, row 2 weak positives w_i;
     every column is another scene, so any image of column j != i is a negative of column i.
+
+    A (4, N, D) batch adds row 3: n_i, an image of column i's own scene that shares no surface with a_i (the
+    in-batch negatives above are other scenes, already far apart; this one is the hard case retrieval meets).
+    It is an in-batch negative of the other columns too, and adds, where `negative_valid` (N,) is True,
+
+        L_same_i = [D(a_i, s_i) + alpha_s - min(D(a_i, n_i), D(s_i, n_i))]_+     (alpha_s = `margin_same`)
+
+    to the loss with weight `lambda_same` (averaged over all N columns; the anchor swap as in eq. 6).
 
         L = L_easy + lambda_1 L_weak + lambda_2 L_hard, averaged over the N columns, with
 
@@ -140,13 +153,14 @@ def batched_loss(
     non-empty at feature-map size); lambda = `mask_lambda` (0.5) then, and 1 with `use_masks` off (eq. 6).
 
     Returns (loss, terms): terms "easy", "weak", "hard" (each already averaged, unweighted), "mask" (the
-    mask parts of easy + weak), and for monitoring "d_pos" (mean D(a, s)), "d_neg" (mean n(a, s)) and
+    mask parts of easy + weak), with row 3 "same" (L_same averaged, unweighted) and "d_same" (mean D(a, n) over
+    the columns with a negative), and for monitoring "d_pos" (mean D(a, s)), "d_neg" (mean n(a, s)) and
     "rank_ok" (share of columns with D(a, s) < n(a, s)); all detached. Collapse (every descriptor alike)
     shows as d_pos and d_neg near 0 with the loss stuck near alpha_e lambda + alpha_w lambda + alpha_h.
     """
     o = options or LossOptions()
-    if desc.dim() != 3 or desc.shape[0] != 3:
-        raise ValueError(f"expected a (3, N, D) batch, got {tuple(desc.shape)}")
+    if desc.dim() != 3 or desc.shape[0] not in (3, 4):
+        raise ValueError(f"expected a (3, N, D) or (4, N, D) batch, got {tuple(desc.shape)}")
     if desc.shape[1] < 2:
         raise ValueError("the batched loss needs at least 2 columns (negatives come from the other columns)")
     a, s, w = desc[0], desc[1], desc[2]
@@ -181,6 +195,20 @@ def batched_loss(
                 weak = weak + term
     easy_m, weak_m, hard_m = easy.mean(), weak.mean(), hard.mean()
     loss = easy_m + o.lambda_weak * weak_m + o.lambda_hard * hard_m
+    extra = {}
+    if desc.shape[0] == 4:
+        n_same = desc[3]
+        d_an = distance(a, n_same, o.squared)
+        d_n = torch.minimum(d_an, distance(s, n_same, o.squared)) if o.anchor_swap else d_an
+        valid = negative_valid.to(desc.device, desc.dtype) if negative_valid is not None else torch.ones_like(d_an)
+        same = (d_as + o.margin_same - d_n).clamp_min(0) * valid
+        same_m = same.mean()
+        loss = loss + o.lambda_same * same_m
+        count = valid.sum().clamp_min(1)
+        extra = {
+            "same": same_m.detach(),
+            "d_same": ((d_an * valid).sum() / count).detach(),  # mean D(a, n) over columns with a negative
+        }
     n_as = neg(0, 1)
     terms = {
         "easy": easy_m.detach(),
@@ -191,6 +219,7 @@ def batched_loss(
         "d_pos": d_as.mean().detach(),
         "d_neg": n_as.mean().detach(),
         "rank_ok": (d_as < n_as).to(desc.dtype).mean().detach(),
+        **extra,
     }
     return loss, terms
 
