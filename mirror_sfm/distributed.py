@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -57,6 +58,10 @@ RAY_INSTALL = "pip install 'mirror_sfm[ray]'"
 MAX_SHARD = 256  # images per shard at most (auto): a shard a few seconds of GPU work, its file ~25 MB
 SHARDS_PER_RUN = 16  # auto shard size: at least this many shards, so every worker of a small cluster gets work
 SHARD_GLOB = "shard-*.h5"
+# Ray Client: the head starts a server per client connection; on a loaded head it can miss its start-up deadline
+# ("Initialization failure from server"), which a second try gets past
+CLIENT_ATTEMPTS = 3
+CLIENT_RETRY_S = 2.0
 
 
 @dataclass
@@ -114,18 +119,35 @@ def ray_cluster(options: RayOptions) -> Iterator[object]:
             kwargs["num_cpus"] = max(1, math.ceil(options.workers * options.cpus_per_worker))
     else:
         kwargs["address"] = options.address
-    try:
-        with warnings.catch_warnings():  # Ray Client's own timeout warning: the MirrorError below says it
-            warnings.simplefilter("ignore")
-            ray.init(**kwargs)
-    except Exception as exc:  # ConnectionError, ValueError, RuntimeError, ... from Ray's start-up
-        raise MirrorError(
-            f"cannot start or reach the Ray cluster at {options.address!r}: {_short(exc)}{_auth_hint(options.address)}"
-        ) from None
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            with warnings.catch_warnings():  # Ray Client's own timeout warning: the MirrorError below says it
+                warnings.simplefilter("ignore")
+                ray.init(**kwargs)
+            break
+        except ConnectionAbortedError as exc:  # Ray Client: the head's server for this client did not start in time
+            if not str(options.address).startswith("ray://") or attempt == CLIENT_ATTEMPTS:
+                raise _unreachable(options.address, exc) from None
+            logger.warning(
+                "Ray Client at %s: %s; trying again (%d of %d)",
+                options.address,
+                _short(exc),
+                attempt + 1,
+                CLIENT_ATTEMPTS,
+            )
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            time.sleep(CLIENT_RETRY_S * attempt)
+        except Exception as exc:  # ConnectionError, ValueError, RuntimeError, ... from Ray's start-up
+            raise _unreachable(options.address, exc) from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _unreachable(address: str | None, exc: Exception) -> MirrorError:
+    return MirrorError(f"cannot start or reach the Ray cluster at {address!r}: {_short(exc)}{_auth_hint(address)}")
 
 
 def _auth_hint(address: str | None) -> str:

@@ -23,6 +23,7 @@ from test_verify import _sift_database
 
 from mirror_sfm.cli import main
 from mirror_sfm.distributed import RayOptions, _auth_hint, shards_dir
+from mirror_sfm.errors import MirrorError
 from mirror_sfm.extract import extract
 from mirror_sfm.features_io import list_h5_names, partial_path
 from mirror_sfm.pairs import PairsOptions, generate_pairs
@@ -254,3 +255,42 @@ def test_ray_flag_without_ray_installed_is_one_line(monkeypatch, tmp_path, capsy
     assert code == 2 and len(err) == 1, err
     assert "pip install 'mirror_sfm[ray]'" in err[0]
     assert not out.exists() and not shards_dir(out).exists()
+
+
+class _FlakyRay:
+    """A stand-in for `ray` whose Ray Client connection fails `failures` times as a loaded head's does."""
+
+    def __init__(self, failures: int):
+        self.failures, self.inits, self.shutdowns = failures, 0, 0
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs):
+        self.inits += 1
+        if self.inits <= self.failures:
+            raise ConnectionAbortedError("Initialization failure from server:")
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+@pytest.mark.parametrize(
+    "failures, address, joins", [(1, "ray://head:10001", True), (3, "ray://head:10001", False), (1, "auto", False)]
+)
+def test_ray_client_start_up_failure_is_tried_again(monkeypatch, failures, address, joins):
+    """Ray Client's "Initialization failure from server" (the head's per-client server late on a loaded head) is
+    tried again, up to CLIENT_ATTEMPTS; other addresses, or the last failure, are one MirrorError line."""
+    from mirror_sfm import distributed
+
+    fake = _FlakyRay(failures)
+    monkeypatch.setattr(distributed, "import_ray", lambda: fake)
+    monkeypatch.setattr(distributed, "CLIENT_RETRY_S", 0.0)
+    if joins:
+        with distributed.ray_cluster(RayOptions(address=address)) as ray:
+            assert ray is fake and fake.inits == failures + 1
+    else:
+        with pytest.raises(MirrorError, match="Initialization failure"):
+            with distributed.ray_cluster(RayOptions(address=address)):
+                pass
+        assert fake.inits == (distributed.CLIENT_ATTEMPTS if address.startswith("ray://") else 1)
