@@ -88,3 +88,30 @@ def make_scene(out: Path, seed: int, num_views: int = 12, step: int = 30, image_
 
 def make_scenes(root: Path, names: list[str]) -> list[Path]:
     return [make_scene(root / n, seed) for seed, n in enumerate(names)]
+
+
+def fit_one_batch(cfg, batch: dict, steps: int = 8) -> tuple[list[float], dict, dict]:
+    """`steps` SGD steps (lr 0.01, momentum 0.9) of the training loop's model set-up and loss on one fixed batch,
+    one torch thread: (the losses, the first step's loss terms, the last step's)."""
+    import torch
+
+    from mirror_sfm.train.loop import batch_loss, build_model, freeze_early_blocks, set_train_mode
+
+    model = build_model(cfg.model)
+    freeze_early_blocks(model, 12)
+    set_train_mode(model, True)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        losses, first = [], None
+        for _ in range(steps):
+            loss, terms = batch_loss(model, batch, cfg, torch.device("cpu"))
+            first = first or {k: v.item() for k, v in terms.items()}
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
+    return losses, first, terms

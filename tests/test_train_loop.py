@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from labelled_scenes import make_scenes
+from labelled_scenes import fit_one_batch, make_scenes
 
 from mirror_sfm.cli import main
 from mirror_sfm.errors import MirrorError
@@ -13,7 +13,7 @@ from mirror_sfm.model import load_model
 from mirror_sfm.train.config import load_config
 from mirror_sfm.train.data import TripletBatches, load_scenes
 from mirror_sfm.train.logs import read_csv
-from mirror_sfm.train.loop import batch_loss, build_model, freeze_early_blocks, set_train_mode, train
+from mirror_sfm.train.loop import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -49,22 +49,7 @@ def test_loss_goes_down_without_collapse(scenes):
     torch.manual_seed(0)
     cfg = config("unused", 1, **{"loss.use_masks": False, "augment.size": 96})
     batch = TripletBatches(load_scenes(scenes[:3]), cfg.data, cfg.augment, seed=0)[0]
-    model = build_model(cfg.model)
-    freeze_early_blocks(model, 12)
-    set_train_mode(model, True)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        losses = []
-        for _ in range(8):
-            loss, terms = batch_loss(model, batch, cfg, torch.device("cpu"))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    finally:
-        torch.set_num_threads(threads)
+    losses, _, terms = fit_one_batch(cfg, batch)
     last = sum(losses[-3:]) / 3
     assert last < 0.6 * losses[0] and last < 1.5, losses
     assert terms["d_neg"].item() > 0.5, terms  # negatives still apart: not a collapse

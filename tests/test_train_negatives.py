@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 import torch
-from labelled_scenes import make_scenes
+from labelled_scenes import fit_one_batch, make_scenes
 
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.labels import load_scene_labels
@@ -20,7 +20,6 @@ from mirror_sfm.train.data import (
     pseudo_label_scenes,
     same_scene_negatives,
 )
-from mirror_sfm.train.loop import batch_loss, build_model, freeze_early_blocks, set_train_mode
 from mirror_sfm.train.losses import LossOptions, batched_loss, distance
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -109,23 +108,7 @@ def test_loss_with_same_scene_negatives_goes_down(scene_root):
     scenes = load_scenes([scene_root / n for n in ("synth_a", "synth_b", "synth_c")])
     batch = TripletBatches(scenes, cfg.data, cfg.augment, seed=0)[0]
     assert batch["negative_valid"].any()
-    model = build_model(cfg.model)
-    freeze_early_blocks(model, 12)
-    set_train_mode(model, True)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        losses, first = [], None
-        for _ in range(8):
-            loss, terms = batch_loss(model, batch, cfg, torch.device("cpu"))
-            first = first or {k: v.item() for k, v in terms.items()}
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    finally:
-        torch.set_num_threads(threads)
+    losses, first, terms = fit_one_batch(cfg, batch)
     assert sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
     assert terms["d_same"].item() > first["d_same"], (first, terms)
     assert terms["d_neg"].item() > 0.5  # not a collapse
