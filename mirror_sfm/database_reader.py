@@ -147,8 +147,8 @@ class FeatureDatabase:
         return self._cameras[camera_id]
 
     def read(self, name: str, max_features: int | None = None) -> ImageFeatures:
-        """Image `name`'s keypoints and descriptors: all when `max_features` is None, else that many spread over the
-        scales (`feature_subset`)."""
+        """Image `name`'s keypoints and descriptors: all when `max_features` is None, else the `feature_subset` of
+        that many (the largest scales)."""
         image_id, camera_id = self.image_ids[name]
         kp = self._query("SELECT rows, cols, data FROM keypoints WHERE image_id = ?", (image_id,))
         desc = self._query("SELECT rows, cols, data FROM descriptors WHERE image_id = ?", (image_id,))

@@ -59,10 +59,10 @@ def _source_key(
     source: Path, num_features: int, matching: dict | None, images: list[str] | None, feature_subset: str
 ) -> dict:
     st = source.stat()
-    subset = {}
+    image_set = {}
     if images is not None:
         digest = hashlib.sha1("\n".join(images).encode()).hexdigest()
-        subset = {"images": {"count": len(images), "sha1": digest}}
+        image_set = {"images": {"count": len(images), "sha1": digest}}
     return {
         "source": str(source.resolve()),
         "size": st.st_size,
@@ -70,7 +70,7 @@ def _source_key(
         "num_features": num_features,
         "feature_subset": feature_subset,
         **({"matching": matching} if matching else {}),
-        **subset,
+        **image_set,
     }
 
 

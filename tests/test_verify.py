@@ -11,7 +11,7 @@ from conftest import FIXTURE
 from PIL import Image
 
 from mirror_sfm.cli import main
-from mirror_sfm.database_reader import FeatureDatabase, feature_subset
+from mirror_sfm.database_reader import FeatureDatabase, feature_subset, keypoint_scales
 from mirror_sfm.errors import MirrorError
 from mirror_sfm.pairs import PairsOptions, generate_pairs
 from mirror_sfm.pairs_io import read_pairs
@@ -394,12 +394,10 @@ def test_working_database_keeps_each_images_largest_scales(tmp_path, fixture_dat
             np.testing.assert_array_equal(kept[image_id], rows[subset])
             assert len(kept[image_id]) == min(len(rows), n)
 
-    def scale(k):
-        return np.sqrt(np.abs(k[:, 2] * k[:, 5] - k[:, 3] * k[:, 4]))
-
     full, kept = _blobs(fixture_database, "keypoints"), _blobs(work, "keypoints")
     image_id = max(full, key=lambda i: len(full[i]))
     assert len(full[image_id]) > 2 * n
+    scale = keypoint_scales
     assert scale(full[image_id][:n]).max() < scale(kept[image_id]).min()  # the first n rows: all fine scales
     assert scale(kept[image_id]).min() >= np.sort(scale(full[image_id]))[-n]
     rows = np.array([[0, 0, 1.0, 0], [0, 0, 3.0, 0], [0, 0, 2.0, 0], [0, 0, 0.5, 0]], np.float32)  # x, y, scale, angle
