@@ -17,7 +17,8 @@ common_track.txt, mesh_overlap.txt, mask.bin}, masks/*.png (per positive pair, -
   some and sets their order (smallest first finishes the most scenes in a given time). The sparse model is, in
   order, ``--sparse SCENE=DIR``, the
   scene's own ``sparse/``, the largest exhaustive model under ``--models-from`` (the reconstruction benchmark's
-  outputs), else a reconstruction made here (exhaustive pairs, 2,048 SIFT). Mesh: ``gtgen mesh`` of the sparse
+  outputs), else a reconstruction made here (exhaustive pairs, 2,048 SIFT, incremental mapping; global mapping on
+  the same SIFT when that registers under half the images). Mesh: ``gtgen mesh`` of the sparse
   model, or for mold_gold_cape its photogrammetry mesh aligned by ``gtgen align``.
 
 Resumable: a scene whose triplets.json exists is skipped (its row comes from label_stats.json) unless --force.
@@ -277,13 +278,24 @@ def real_scenes(data: Path) -> list[str]:
     return sorted(d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+RECONSTRUCTIONS = ("reconstruction", "reconstruction-global")  # made here: incremental, then the global fallback
+MIN_REGISTERED_FRACTION = 0.5  # below this share of the images, the incremental model is retried with global mapping
+
+
+def _recorded_stats(folder: Path) -> dict:
+    path = folder / "stats.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def reconstruction_stats(out: Path) -> dict:
-    """Numbers of a reconstruction made here (empty if the model came from elsewhere)."""
-    path = out / "reconstruction" / "stats.json"
-    if not path.is_file():
+    """Numbers of the reconstruction made here that registered most (empty if the model came from elsewhere)."""
+    recorded = [_recorded_stats(out / name) for name in RECONSTRUCTIONS]
+    recorded = [stats for stats in recorded if stats]
+    if not recorded:
         return {}
-    stats = json.loads(path.read_text())
+    stats = max(recorded, key=lambda st: st.get("registered") or 0)
     return {
+        "recon_mapper": stats.get("mapper"),
         "recon_registered": stats.get("registered"),
         "recon_registered_any_model": stats.get("registered_any_model"),
         "recon_models": stats.get("num_models"),
@@ -322,21 +334,51 @@ def find_sparse(
     for source, folder in (
         ("scene", scene_dir / "sparse"),
         ("benchmark", models_from / scene / "exhaustive" / "sparse" if models_from else None),
-        ("reconstructed", out / "reconstruction" / "sparse"),
     ):
-        if folder is not None and folder.is_dir() and not (force and source == "reconstructed"):
+        if folder is not None and folder.is_dir():
             model = largest_model_dir(folder)
             if model is not None:
                 return model, source
+    return reconstruct_here(scene, scene_dir, out, force), "reconstructed"
+
+
+def _made_here(out: Path) -> Path | None:
+    """The model of a finished reconstruction made here before (the one that registered most), else None."""
+    best, best_registered = None, -1
+    for name in RECONSTRUCTIONS:
+        stats = _recorded_stats(out / name)
+        if stats.get("model") and (out / name / stats["model"]).is_dir() and stats["registered"] > best_registered:
+            best, best_registered = out / name / stats["model"], stats["registered"]
+    return best
+
+
+def reconstruct_here(scene: str, scene_dir: Path, out: Path, force: bool = False) -> Path:
+    """Exhaustive pairs, 2,048 SIFT, incremental mapping; if that registers under half the images, global mapping
+    (GLOMAP's) on the same SIFT, kept if it registers more. lund_street, a forward-moving street sequence, is the case:
+    incremental mapping registers 2 of 29 (every initial pair is rejected), global mapping 29."""
     from mirror_sfm.colmap import ReconstructionOptions, reconstruct
 
-    logger.info("[%s] no sparse model: reconstructing (exhaustive pairs, 2048 SIFT)", scene)
-    stats = reconstruct(
-        scene_dir / "images", out / "reconstruction", ReconstructionOptions(pairs="exhaustive", max_num_features=2048)
-    )
-    if not stats.get("model"):
+    incremental, fallback = (out / name for name in RECONSTRUCTIONS)
+    stats = {} if force else _recorded_stats(incremental)  # a finished run is reused (stats.json is written last)
+    if not stats:
+        logger.info("[%s] no sparse model: reconstructing (exhaustive pairs, 2048 SIFT)", scene)
+        options = ReconstructionOptions(pairs="exhaustive", max_num_features=2048)
+        stats = reconstruct(scene_dir / "images", incremental, options)
+    if stats["registered"] < MIN_REGISTERED_FRACTION * stats["images"] and (force or not _recorded_stats(fallback)):
+        logger.warning(
+            "[%s] incremental mapping registered %d of %d images; trying global mapping on the same SIFT",
+            scene,
+            stats["registered"],
+            stats["images"],
+        )
+        options = ReconstructionOptions(
+            pairs="exhaustive", max_num_features=2048, mapper="global", database_template=incremental / "database.db"
+        )
+        reconstruct(scene_dir / "images", out / RECONSTRUCTIONS[1], options)
+    made = _made_here(out)
+    if made is None:
         raise MirrorError(f"{scene}: the reconstruction produced no model")
-    return out / "reconstruction" / stats["model"], "reconstructed"
+    return made
 
 
 def _gtgen_cli(*args: str) -> None:

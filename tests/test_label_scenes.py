@@ -113,3 +113,34 @@ def test_sparse_model_choice(tmp_path):
     assert module.find_sparse("s", scene_dir, out, {"s": given}, bench, False) == (given, "given")
     with pytest.raises(module.MirrorError):
         module.find_sparse("s", scene_dir, out, {"s": tmp_path / "nothing"}, bench, False)
+
+
+def test_global_mapping_fallback_and_resume(tmp_path, monkeypatch):
+    """Incremental mapping under half the images -> global mapping on the same SIFT; the larger model is used and
+    neither is run again on resume; a good incremental model is used as it is."""
+    import mirror_sfm.colmap
+
+    module = _load_script()
+    calls = []
+    registered = {"incremental": 2, "global": 29}
+
+    def fake_reconstruct(image_dir, out_dir, options):
+        calls.append((options.mapper, options.database_template))
+        _write_model(out_dir / "sparse" / "0", 2)
+        stats = {"images": 29, "registered": registered[options.mapper], "model": "sparse/0", "mapper": options.mapper}
+        (out_dir / "stats.json").write_text(json.dumps(stats))
+        return stats
+
+    monkeypatch.setattr(mirror_sfm.colmap, "reconstruct", fake_reconstruct)
+    scene_dir, out = tmp_path / "data" / "street", tmp_path / "labels" / "street"
+    model, source = module.find_sparse("street", scene_dir, out, {}, None, False)
+    assert (model, source) == (out / "reconstruction-global" / "sparse" / "0", "reconstructed")
+    assert calls == [("incremental", None), ("global", out / "reconstruction" / "database.db")]
+    assert module.reconstruction_stats(out)["recon_mapper"] == "global"
+    assert module.find_sparse("street", scene_dir, out, {}, None, False)[0] == model and len(calls) == 2  # resumed
+
+    registered["incremental"] = 20  # over half: no fallback
+    calls.clear()
+    other = tmp_path / "labels" / "house"
+    assert module.find_sparse("house", scene_dir, other, {}, None, False)[0] == other / "reconstruction/sparse/0"
+    assert calls == [("incremental", None)] and not (other / "reconstruction-global").exists()
