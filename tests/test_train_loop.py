@@ -222,3 +222,10 @@ def test_evaluate_missing_labels_is_clear(tmp_path, capsys):
     (tmp_path / "s").mkdir()
     assert main(["evaluate", str(tmp_path / "s")]) == 2
     assert "image list not found" in capsys.readouterr().err
+
+
+def test_config_numbers_in_exponent_form():
+    """YAML 1.1 reads 2e-3 as a string: a float option still takes it; a word is one error line."""
+    assert load_config(None, ["optim.lr=2e-3", "loss.lambda_same=4"]).optim.lr == 0.002
+    with pytest.raises(MirrorError, match="optim.lr: expected a number"):
+        load_config(None, ["optim.lr=fast"])

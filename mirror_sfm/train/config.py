@@ -92,6 +92,11 @@ def _coerce(current: Any, value: Any, where: str) -> Any:
         return value
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if isinstance(current, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads 2e-3 (no dot) as a string; a float option takes it as the number it means
+            return float(value)
+        except ValueError:
+            pass
     if isinstance(current, (int, float)) and not isinstance(value, (int, float)):
         raise MirrorError(f"{where}: expected a number, got {value!r}")
     if isinstance(current, str) and not isinstance(value, str):
