@@ -52,20 +52,28 @@ def folds(scenes: list[str]) -> tuple[list[str], list[str]]:
 
 
 def seed_sift(label_dir: Path, work: Path) -> None:
-    """Reuse the label's exhaustive reconstruction SIFT (same settings) instead of extracting it again."""
+    """Reuse the label's exhaustive reconstruction SIFT (same settings) instead of extracting it again.
+
+    Only the labelled images are copied (every feature row, in order): the label's database also holds the photos
+    its reconstruction did not register, and a database holding images outside the run is extracted again
+    (`prepare_database`'s resume rule), which cost seneca and skull a second SIFT extraction.
+    """
+    from mirror_sfm.working_database import working_database
+
     src = label_dir / "reconstruction"
     dst = work / f"sift-{label_dir.name}"
     if (dst / "database.db").exists() or not (src / "database.db").is_file() or not (src / "features.json").is_file():
         return
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src / "features.json", dst / "features.json")
-    shutil.copyfile(src / "database.db", dst / "database.db")
+    names = overlap_map.gt_image_names(label_dir)
+    working_database(src / "database.db", dst / "database.db", 1 << 30, images=names, subset="first")
+    (dst / "database.db.json").unlink()  # the copy's key: not a working copy, so not kept beside it
 
 
 def build_trees(labels: list[Path], work: Path, args: argparse.Namespace) -> Path:
     """OUT/trees/tree-without-<scene>.bin for every scene: the tree of the other fold."""
     from mirror_sfm.colmap import ReconstructionOptions, prepare_database
-    from mirror_sfm.images import list_images
     from mirror_sfm.vocabtree import build_vocab_tree
 
     trees = args.out / "trees"
@@ -73,13 +81,14 @@ def build_trees(labels: list[Path], work: Path, args: argparse.Namespace) -> Pat
     names = [p.name for p in labels]
     fold_a, fold_b = folds(names)
     sift = ReconstructionOptions(max_num_features=args.max_num_features, max_image_size=args.max_image_size)
+    by_name = {p.name: p for p in labels}
     for fold, other in ((fold_a, fold_b), (fold_b, fold_a)):
         tree = trees / f"tree-{'-'.join(fold)[:80]}.bin"
         if not tree.exists():
             dbs = []
-            for scene in fold:
-                images = args.image_root / scene / "images"
-                dbs.append(prepare_database(work / f"sift-{scene}", images, list_images(images), sift)[0])
+            for scene in fold:  # the labelled images, the set every method of the suite extracts for
+                names = overlap_map.gt_image_names(by_name[scene])
+                dbs.append(prepare_database(work / f"sift-{scene}", args.image_root / scene / "images", names, sift)[0])
             build_vocab_tree(None, tree, num_words=args.words, database=dbs)
         for scene in other:
             link = trees / f"tree-without-{scene}.bin"

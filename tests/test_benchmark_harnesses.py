@@ -478,6 +478,32 @@ def test_overlap_suite_folds_and_table(tmp_path):
     assert ct["positives"].startswith("symmetric CT")
 
 
+def test_overlap_suite_seeds_only_the_labelled_images(tmp_path):
+    """A label's database also holds photos its reconstruction did not register: the suite's copy keeps the labelled
+    images only, feature rows unchanged, so the suite's SIFT step reuses it instead of extracting all again."""
+    import pycolmap
+
+    from mirror_sfm.colmap import ReconstructionOptions, database_images, prepare_database
+
+    suite = _load("overlap_suite")
+    label = write_gt(tmp_path / "labels" / "s1")
+    sift = ReconstructionOptions(max_num_features=256, max_image_size=320)
+    every = sorted(p.name for p in FIXTURE.iterdir())[:6]
+    prepare_database(label / "reconstruction", FIXTURE, every, sift)
+    work = tmp_path / "work"
+    suite.seed_sift(label, work)
+    seeded = work / "sift-s1" / "database.db"
+    assert sorted(database_images(seeded)) == NAMES
+    with (
+        pycolmap.Database.open(str(label / "reconstruction" / "database.db")) as a,
+        pycolmap.Database.open(str(seeded)) as b,
+    ):
+        ids_a = {i.name: i.image_id for i in a.read_all_images()}
+        ids_b = {i.name: i.image_id for i in b.read_all_images()}
+        assert all((a.read_keypoints(ids_a[n]) == b.read_keypoints(ids_b[n])).all() for n in NAMES)
+    assert prepare_database(work / "sift-s1", FIXTURE, NAMES, sift)[2]  # reused: nothing extracted again
+
+
 def test_sfm_comparison_features_from_another_run(tmp_path, capsys):
     from mirror_sfm.colmap import ReconstructionOptions, reconstruct
 
