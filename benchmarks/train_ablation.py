@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 CPU = ["run.threads=1", "run.validate_every=0", "run.checkpoint_every=100", "run.progress=false"]
+# §9 ran with configs/train.yaml's crops of the time (224 px, 50-100 % of the image; the file now says 384 px, 70-100 %)
+CPU += ["augment.size=224", "augment.scale=[0.5,1.0]"]
 
 # name -> (description, train overrides or None for an evaluation-only row, steps, evaluate options)
 VARIANTS: dict[str, tuple[str, list[str] | None, int, list[str]]] = {
