@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pycolmap
 import torch
 import yaml
 from PIL import Image
@@ -42,6 +43,7 @@ from ..labels import (
     read_mask_png,
     scene_image_dir,
 )
+from ..verify import FAILED_CONFIGS  # undefined, degenerate: verification failed
 from .augment import AugmentOptions, crop_mask, jitter_colour, load_cropped, sample_crop
 
 logger = logging.getLogger(__name__)
@@ -209,8 +211,9 @@ def same_scene_negatives(labels: SceneLabels, max_co: float = 0.0, t_sfm: float 
 # ----------------------------------------------------------------------------- pseudo-labels (COLMAP)
 
 DATABASE = Path("reconstruction") / "database.db"
-GEOMETRIC_CONFIGS = (2, 3, 4, 5)  # COLMAP TwoViewGeometry: calibrated, uncalibrated, planar, planar or panoramic
-FAILED_CONFIGS = (0, 1)  # undefined, degenerate: verification failed
+_CONFIG = pycolmap.TwoViewGeometryConfiguration
+# the configs (2-5) RESULTS §15's pseudo-labels were made with; panoramic (5) is in, planar-or-panoramic (6) is not
+GEOMETRIC_CONFIGS = {int(c) for c in (_CONFIG.CALIBRATED, _CONFIG.UNCALIBRATED, _CONFIG.PLANAR, _CONFIG.PANORAMIC)}
 
 
 def verified_pairs(database: str | Path) -> tuple[list[str], dict[tuple[int, int], tuple[int, int]]]:
@@ -232,8 +235,7 @@ def verified_pairs(database: str | Path) -> tuple[list[str], dict[tuple[int, int
     index = {int(image_id): k for k, (image_id, _) in enumerate(images)}
     pairs = {}
     for pair_id, inliers, config in rows:
-        id2 = int(pair_id) % 2147483647
-        id1 = (int(pair_id) - id2) // 2147483647
+        id1, id2 = (int(i) for i in pycolmap.pair_id_to_image_pair(int(pair_id)))
         if id1 in index and id2 in index:
             i, j = sorted((index[id1], index[id2]))
             pairs[(i, j)] = (int(config), int(inliers or 0))
@@ -244,11 +246,11 @@ def load_pseudo_scene(
     scene_dir: str | Path, options: DataOptions | None = None, image_dir: str | Path | None = None
 ) -> LabelledScene:
     """A training scene labelled by geometric verification instead of a mesh: from SCENE/reconstruction/
-    database.db (COLMAP's matching), a pair verified with a real two-view geometry (calibrated, uncalibrated,
-    planar) and >= `pseudo_strong_inliers` inliers is a strong positive, with `pseudo_weak_inliers` up to that a
-    weak one; a pair whose verification failed or kept fewer than `pseudo_negative_inliers` inliers is a
-    same-scene negative. Panoramic (no baseline) and watermark geometries are neither (on turntables they are the
-    static background). No masks: the mask terms are off for these pairs. `co` of a positive is its inlier
+    database.db (COLMAP's matching), a pair verified with a two-view geometry of `GEOMETRIC_CONFIGS` (calibrated,
+    uncalibrated, planar, panoramic) and >= `pseudo_strong_inliers` inliers is a strong positive, with
+    `pseudo_weak_inliers` up to that a weak one; a pair whose verification failed or kept fewer than
+    `pseudo_negative_inliers` inliers is a same-scene negative. Planar-or-panoramic (6), watermark and
+    multiple geometries are neither. No masks: the mask terms are off for these pairs. `co` of a positive is its inlier
     count over `pseudo_strong_inliers`, capped at 1."""
     options = options or DataOptions()
     scene_dir = Path(scene_dir)
