@@ -287,13 +287,22 @@ def _recorded_stats(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _best_recorded(out: Path, with_model: bool = False) -> tuple[Path, dict] | None:
+    """(folder, stats.json) of the reconstruction made here that registered most (the first on a tie); with
+    `with_model`, only among those whose model folder exists. None: no such reconstruction."""
+    recorded = [(out / name, _recorded_stats(out / name)) for name in RECONSTRUCTIONS]
+    recorded = [
+        (f, st) for f, st in recorded if st and (not with_model or (st.get("model") and (f / st["model"]).is_dir()))
+    ]
+    return max(recorded, key=lambda item: item[1].get("registered") or 0, default=None)
+
+
 def reconstruction_stats(out: Path) -> dict:
     """Numbers of the reconstruction made here that registered most (empty if the model came from elsewhere)."""
-    recorded = [_recorded_stats(out / name) for name in RECONSTRUCTIONS]
-    recorded = [stats for stats in recorded if stats]
-    if not recorded:
+    best = _best_recorded(out)
+    if best is None:
         return {}
-    stats = max(recorded, key=lambda st: st.get("registered") or 0)
+    stats = best[1]
     return {
         "recon_mapper": stats.get("mapper"),
         "recon_registered": stats.get("registered"),
@@ -344,12 +353,8 @@ def find_sparse(
 
 def _made_here(out: Path) -> Path | None:
     """The model of a finished reconstruction made here before (the one that registered most), else None."""
-    best, best_registered = None, -1
-    for name in RECONSTRUCTIONS:
-        stats = _recorded_stats(out / name)
-        if stats.get("model") and (out / name / stats["model"]).is_dir() and stats["registered"] > best_registered:
-            best, best_registered = out / name / stats["model"], stats["registered"]
-    return best
+    best = _best_recorded(out, with_model=True)
+    return None if best is None else best[0] / best[1]["model"]
 
 
 def reconstruct_here(scene: str, scene_dir: Path, out: Path, force: bool = False) -> Path:
