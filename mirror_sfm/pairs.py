@@ -24,7 +24,7 @@ from .images import list_images
 from .io_utils import check_writable
 from .model import RetrievalModel, load_model
 from .pairs_io import Pair, unique_pairs, write_pairs
-from .regions import RegionStore, lazy_regions, read_for_retrieval
+from .regions import RegionStore, lazy_regions, read_for_retrieval, regions_on_demand
 from .retrieval import RetrievalOptions, choose_whitening, retrieve
 from .verify import VerifyOptions, light_sift_database, rerank_by_geometry, verify_pairs
 
@@ -156,7 +156,7 @@ def foreign_descriptors(
     """Descriptors of `names` from a file mirror_sfm did not write (e.g. hloc's global-feats; read, never
     written), and `options` fitted to it: PR-MAC only where it holds regional vectors, no R-MAC rebuild."""
     prmac = options.retrieval.rerank == "prmac"
-    lazy = prmac and len(names) > options.retrieval.exact_max  # regions read per query chunk (`regions`)
+    lazy = regions_on_demand(options.retrieval.rerank, len(names), options.retrieval.exact_max)
     glob, regional = features_io.read_foreign_descriptors(features, names, regional=prmac and not lazy)
     if lazy:
         try:

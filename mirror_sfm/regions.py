@@ -103,10 +103,14 @@ def read_for_retrieval(
     """Names, global descriptors and, for PR-MAC (`rerank` prmac), the regional ones of a mirror_sfm descriptor
     file: in memory up to `exact_max` images, a `RegionStore` (read per query chunk) above."""
     prmac = rerank == "prmac"
-    count = len(names) if names is not None else len(list_h5_names(path))
-    lazy = prmac and count > exact_max
+    lazy = regions_on_demand(rerank, len(names) if names is not None else len(list_h5_names(path)), exact_max)
     names, glob, regional = read_descriptors(path, names, regional=prmac and not lazy)
     return names, glob, (lazy_regions(path, names, exact_max) if lazy else regional)
+
+
+def regions_on_demand(rerank: str, count: int, exact_max: int) -> bool:
+    """Whether PR-MAC reads `count` images' regions per query chunk (a `RegionStore`) instead of all at once."""
+    return rerank == "prmac" and count > exact_max
 
 
 def lazy_regions(path: str | Path, names: list[str], exact_max: int) -> RegionStore:
