@@ -441,6 +441,7 @@ def run_method(
         **{k: v for k, v in stats.items() if k != "method"},
         "pair_method": stats["method"],
         "sift_shared_s": sift_s,
+        "sift_from": json.loads((out / "features" / "timing.json").read_text()).get("from"),
         "method_s": method_s,
         "total_with_sift_s": round(method_s + sift_s, 3),
     }
@@ -494,11 +495,16 @@ def markdown(records: list[dict], title: str) -> str:
     """The paper's table columns plus per-stage time; failed methods get one line with the error."""
     ok = [r for r in records if "error" not in r]
     sift = ok[0]["sift_shared_s"] if ok else 0.0
+    source = ok[0].get("sift_from") if ok else None
+    where = (
+        f"SIFT copied from {source} (--features-from; its extraction took {sift:.1f} s and was not repeated here)"
+        if source
+        else f"SIFT extracted once for all methods in {sift:.1f} s"
+    )
     lines = [
         f"## {title}",
         "",
-        f"SIFT extracted once for all methods in {sift:.1f} s (not in the times below). "
-        "Total = pair generation + matching + mapping.",
+        f"{where}, not in the times below. Total = pair generation + matching + mapping.",
         "",
         "| method | K | images | registered | pairs to match | verified pairs | sparse points | observations "
         "| mean track length | mean reproj. error (px) | pairs (s) | matching (s) | mapping (s) | total (s) |",

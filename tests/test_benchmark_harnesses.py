@@ -532,6 +532,8 @@ def test_sfm_comparison_features_from_another_run(tmp_path, capsys):
     (rec,) = json.loads((out / "results.json").read_text())
     assert rec["sift_shared_s"] == stats["time_s"]["features"] and rec["registered"] >= 10
     assert rec["pairs_to_match"] <= 36  # the source's sequential matches were dropped
+    assert rec["sift_from"] == str(first / "database.db")
+    assert f"SIFT copied from {first / 'database.db'}" in (out / "results.md").read_text()  # not "extracted"
 
 
 def test_whitening_eval_configs_recall_and_paired_delta():
