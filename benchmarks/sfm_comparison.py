@@ -20,8 +20,9 @@ Methods (K defaults to --num-matched):
   retrieval[@K]               mirror_sfm pairs with --weights, CNN (+ PR-MAC) order (--verify none);
                               retrieval-WEIGHTS[@K] picks the weights ('imagenet', 'default' or a checkpoint
                               path), e.g. retrieval-imagenet@20
-  retrieval-verified[@K]      mirror_sfm pairs' default: each image's CNN top --verify-shortlist re-ranked by
-                              SIFT inliers (the run's own SIFT, its --verify-features largest scales), best K kept
+  retrieval-verified[@K]      mirror_sfm reconstruct's default: each image's CNN top --verify-shortlist (50, as
+                              reconstruct; runs before RESULTS §11's sixth session used 30) re-ranked by SIFT
+                              inliers (the run's own SIFT, its --verify-features largest scales), best K kept
   retrieval[-WEIGHTS]@match-M K chosen so that the pair count matches that of vocab-tree method M
                               (e.g. retrieval@match-vocabtree): the paper's "fix the number of pairs"
 Resumable: a method whose record is in results.json is not run again (--force runs it again).
@@ -57,6 +58,7 @@ from mirror_sfm.console import run_command  # noqa: E402
 from mirror_sfm.errors import MirrorError  # noqa: E402
 from mirror_sfm.images import IMAGE_EXTENSIONS, list_images  # noqa: E402
 from mirror_sfm.io_utils import atomic_path, write_text_atomic  # noqa: E402
+from mirror_sfm.verify import RECONSTRUCT_SHORTLIST  # noqa: E402
 
 logger = logging.getLogger("mirror_sfm.bench")
 
@@ -616,7 +618,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--resize", type=int, default=384)
     g.add_argument("--rerank", choices=["prmac", "none"], default="prmac")
     g.add_argument("--shortlist", type=int, default=100, help="PR-MAC re-ranking depth")
-    g.add_argument("--verify-shortlist", type=int, default=30, help="retrieval-verified: CNN candidates verified")
+    g.add_argument(
+        "--verify-shortlist",
+        type=int,
+        default=RECONSTRUCT_SHORTLIST,
+        help="retrieval-verified: CNN candidates verified (reconstruct's default)",
+    )
     g.add_argument("--verify-features", type=int, default=2048, help="retrieval-verified: SIFT features per image")
     g.add_argument("--torch-device", default="auto", help="CNN device: auto | cpu | cuda")
     g = p.add_argument_group("COLMAP")

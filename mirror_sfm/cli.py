@@ -31,7 +31,7 @@ from .extract import ExtractionOptions
 from .learned_whitening import VECTORS, LearnedWhiteningOptions
 from .pairs import PairsOptions
 from .retrieval import RetrievalOptions
-from .verify import SCORES, VERIFY_METHODS, VerifyOptions
+from .verify import RECONSTRUCT_SHORTLIST, SCORES, VERIFY_METHODS, VerifyOptions
 
 logger = logging.getLogger("mirror_sfm")
 
@@ -125,9 +125,9 @@ def _add_retrieval_args(p: argparse.ArgumentParser) -> None:
     add_flags(p.add_argument_group("retrieval"), RetrievalOptions, RETRIEVAL_FLAGS)
 
 
-def _add_verify_args(p: argparse.ArgumentParser, database: bool) -> None:
+def _add_verify_args(p: argparse.ArgumentParser, database: bool, defaults: VerifyOptions | None = None) -> None:
     g = p.add_argument_group("geometric verification of the shortlist")
-    add_flags(g, VerifyOptions, VERIFY_FLAGS)
+    add_flags(g, VerifyOptions, VERIFY_FLAGS, defaults)
     if database:
         g.add_argument(
             "--database",
@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arg(p)
     _add_extraction_args(p)
     _add_retrieval_args(p)
-    _add_verify_args(p, database=False)
+    _add_verify_args(p, database=False, defaults=VerifyOptions(shortlist=RECONSTRUCT_SHORTLIST))
     p.set_defaults(func=cmd_reconstruct)
 
     p = command_parser(

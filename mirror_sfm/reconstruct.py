@@ -41,6 +41,7 @@ def retrieval_pairs(
     from .pairs import generate_pairs  # heavy (torch); only needed for this method
 
     pairs_path = Path(out_dir) / "pairs-retrieval.txt"
+    kwargs = {"options": reconstruct_pairs_options(), **options.retrieval_kwargs}
     generate_pairs(
         image_dir,
         pairs_path,
@@ -48,9 +49,17 @@ def retrieval_pairs(
         image_names=names,
         features=Path(out_dir) / "global-feats.h5",
         database=database,
-        **options.retrieval_kwargs,
+        **kwargs,
     )
     return pairs_path
+
+
+def reconstruct_pairs_options():
+    """`PairsOptions` of a reconstruction given none: `pairs` defaults, verifying `RECONSTRUCT_SHORTLIST` candidates."""
+    from .pairs import PairsOptions
+    from .verify import RECONSTRUCT_SHORTLIST, VerifyOptions
+
+    return PairsOptions(verify=VerifyOptions(shortlist=RECONSTRUCT_SHORTLIST))
 
 
 def run_matching(
@@ -155,8 +164,6 @@ def reconstruct(
 
 def _verify_record(options: ReconstructionOptions) -> dict:
     """How the retrieval pairs were verified (stats.json): method, shortlist and SIFT features used."""
-    from .verify import VerifyOptions
-
-    pairs_options = options.retrieval_kwargs.get("options")
-    verify = getattr(pairs_options, "verify", None) or VerifyOptions()
+    pairs_options = options.retrieval_kwargs.get("options") or reconstruct_pairs_options()
+    verify = pairs_options.verify
     return {"method": verify.method, "shortlist": verify.shortlist, "features": verify.num_features}

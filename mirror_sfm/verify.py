@@ -50,6 +50,11 @@ FAILED_CONFIGS = {
 }
 
 
+# reconstruct's default N: on 135 internet photos the 50-candidate shortlist kept the largest model at 83-93 images
+# over five mapper seeds, the 30-candidate one at 50-93 over six (benchmarks/RESULTS.md §11, sixth session)
+RECONSTRUCT_SHORTLIST = 50
+
+
 @dataclass
 class VerifyOptions:
     """How each image's CNN shortlist is verified and re-ranked (defaults measured: benchmarks/RESULTS.md §11).
@@ -57,7 +62,8 @@ class VerifyOptions:
     Attributes:
         method: sift: re-rank each image's CNN shortlist by SIFT inliers (COLMAP's matching rule and two-view
             geometry); none: CNN + PR-MAC order only, the fast mode.
-        shortlist: CNN candidates per image that are verified (N >= K).
+        shortlist: CNN candidates per image that are verified (N >= K). `pairs` verifies 30 (its speed target);
+            `reconstruct` verifies 50 (`RECONSTRUCT_SHORTLIST`), where the time goes to matching and mapping anyway.
         num_features: SIFT features per image used to verify (which ones: `feature_subset`).
         feature_subset: which `num_features` (`database_reader.feature_subset`): largest (scales, the default:
             COLMAP's vocab-tree verification keeps the same) | spread (evenly over the stored, finest-first rows) |

@@ -304,6 +304,23 @@ def test_existing_flag_names_still_parse():
         assert str(g.parse_args(["mesh", "--sparse", "s", spelling, "m.ply"]).out) == "m.ply"
 
 
+def test_reconstruct_verifies_a_deeper_shortlist_than_pairs():
+    """reconstruct (CLI and API) verifies RECONSTRUCT_SHORTLIST candidates, pairs 30; a flag or options still win."""
+    from mirror_sfm.colmap import ReconstructionOptions
+    from mirror_sfm.reconstruct import _verify_record
+    from mirror_sfm.verify import RECONSTRUCT_SHORTLIST
+
+    assert RECONSTRUCT_SHORTLIST == 50 != VerifyOptions().shortlist == 30
+    parser = cli.build_parser()
+    assert cli._verify_options(parser.parse_args(["pairs", "imgs", "-o", "p.txt"])).shortlist == 30
+    args = parser.parse_args(["reconstruct", "imgs", "out"])
+    assert cli._pairs_options(args, cli.PAIRS_FLAGS[:1]).verify.shortlist == 50
+    assert cli._verify_options(parser.parse_args(["reconstruct", "imgs", "out", "--shortlist", "30"])).shortlist == 30
+    assert _verify_record(ReconstructionOptions())["shortlist"] == 50  # the API, no options given
+    given = ReconstructionOptions(retrieval_kwargs={"options": PairsOptions(verify=VerifyOptions(shortlist=12))})
+    assert _verify_record(given)["shortlist"] == 12
+
+
 def test_every_option_dataclass_field_is_documented():
     for cls in (ExtractionOptions, RetrievalOptions, VerifyOptions, PairsOptions, RayOptions):
         docs = field_docs(cls)
