@@ -63,7 +63,7 @@ class VerifyOptions:
         method: sift: re-rank each image's CNN shortlist by SIFT inliers (COLMAP's matching rule and two-view
             geometry); none: CNN + PR-MAC order only, the fast mode.
         shortlist: CNN candidates per image that are verified (N >= K). `pairs` verifies 30 (its speed target);
-            `reconstruct` verifies 50 (`RECONSTRUCT_SHORTLIST`), where the time goes to matching and mapping anyway.
+            `reconstruct` verifies 50 (`RECONSTRUCT_SHORTLIST`): internet photos need the depth (RESULTS.md §11).
         num_features: SIFT features per image used to verify (which ones: `feature_subset`).
         feature_subset: which `num_features` (`database_reader.feature_subset`): largest (scales, the default:
             COLMAP's vocab-tree verification keeps the same) | spread (evenly over the stored, finest-first rows) |
