@@ -50,8 +50,8 @@ FAILED_CONFIGS = {
 }
 
 
-# reconstruct's default N: on 135 internet photos the 50-candidate shortlist kept the largest model at 83-93 images
-# over five mapper seeds, the 30-candidate one at 50-93 over six (benchmarks/RESULTS.md §11, sixth session)
+# reconstruct's default N: on 135 internet photos the 50-candidate shortlist kept the largest model at 83-98 images
+# over nine mapping runs, the 30-candidate one at 50-93 over six (benchmarks/RESULTS.md §11, sixth session)
 RECONSTRUCT_SHORTLIST = 50
 
 
