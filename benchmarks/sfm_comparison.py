@@ -183,12 +183,14 @@ def base_options(args: argparse.Namespace, **kw) -> ReconstructionOptions:
 
 def shared_features(
     image_dir: Path, names: list[str] | None, out: Path, args: argparse.Namespace
-) -> tuple[Path, float]:
-    """SIFT for the scene, once (resumable): (database, seconds of the extraction that made it)."""
+) -> tuple[Path, float, str | None]:
+    """SIFT for the scene, once (resumable): (database, seconds of the extraction that made it, the database it was
+    copied from with --features-from or None)."""
     base = out / "features"
     timing_path = base / "timing.json"
     if timing_path.exists() and (base / DATABASE_NAME).exists():
-        return base / DATABASE_NAME, json.loads(timing_path.read_text())["sift_s"]
+        timing = json.loads(timing_path.read_text())
+        return base / DATABASE_NAME, timing["sift_s"], timing.get("from")
     _, readable, skipped = list_usable_images(image_dir, names)
     if args.features_from:  # e.g. a label's exhaustive reconstruction: same SIFT settings, extracted once
         return seed_features(Path(args.features_from), base, readable, skipped, args)
@@ -199,13 +201,14 @@ def shared_features(
         json.dumps({"sift_s": round(seconds, 3), "images": len(readable) + len(skipped), "skipped": skipped}, indent=2)
         + "\n",
     )
-    return database, round(seconds, 3)
+    return database, round(seconds, 3), None
 
 
 def seed_features(
     source: Path, base: Path, readable: list[str], skipped: list[str], args: argparse.Namespace
-) -> tuple[Path, float]:
-    """The shared database from another run's (its matches dropped); its SIFT time is that run's stats.json's."""
+) -> tuple[Path, float, str]:
+    """The shared database from another run's (its matches dropped); its SIFT time is that run's stats.json's.
+    Returns (database, that time, `source`)."""
     from mirror_sfm.colmap import FEATURES_SIDECAR, clear_matches, database_images
 
     run = source.parent
@@ -240,7 +243,7 @@ def seed_features(
         )
         + "\n",
     )
-    return base / DATABASE_NAME, sift_s
+    return base / DATABASE_NAME, sift_s, str(source)
 
 
 def _inside(a: Path, b: Path) -> bool:
@@ -383,7 +386,7 @@ def run_method(
     args: argparse.Namespace,
 ) -> dict:
     """Reconstruct the scene with one method from the shared SIFT database; return its record."""
-    database, sift_s = shared_features(image_dir, names, out, args)
+    database, sift_s, sift_from = shared_features(image_dir, names, out, args)
     run_dir = out / "methods" / method.slug
     record: dict = {"method": method.name}
     opts = base_options(args, database_template=database, image_names=names)
@@ -443,7 +446,7 @@ def run_method(
         **{k: v for k, v in stats.items() if k != "method"},
         "pair_method": stats["method"],
         "sift_shared_s": sift_s,
-        "sift_from": json.loads((out / "features" / "timing.json").read_text()).get("from"),
+        "sift_from": sift_from,
         "method_s": method_s,
         "total_with_sift_s": round(method_s + sift_s, 3),
     }

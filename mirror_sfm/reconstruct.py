@@ -41,7 +41,7 @@ def retrieval_pairs(
     from .pairs import generate_pairs  # heavy (torch); only needed for this method
 
     pairs_path = Path(out_dir) / "pairs-retrieval.txt"
-    kwargs = {"options": reconstruct_pairs_options(), **options.retrieval_kwargs}
+    kwargs = {**options.retrieval_kwargs, "options": _pairs_options(options)}
     generate_pairs(
         image_dir,
         pairs_path,
@@ -54,12 +54,15 @@ def retrieval_pairs(
     return pairs_path
 
 
-def reconstruct_pairs_options():
-    """`PairsOptions` of a reconstruction given none: `pairs` defaults, verifying `RECONSTRUCT_SHORTLIST` candidates."""
+def _pairs_options(options: ReconstructionOptions):
+    """The run's `PairsOptions`: those given in `retrieval_kwargs`, else `pairs`' defaults verifying
+    `RECONSTRUCT_SHORTLIST` candidates (what the pairs are made with and what stats.json records)."""
     from .pairs import PairsOptions
     from .verify import RECONSTRUCT_SHORTLIST, VerifyOptions
 
-    return PairsOptions(verify=VerifyOptions(shortlist=RECONSTRUCT_SHORTLIST))
+    return options.retrieval_kwargs.get("options") or PairsOptions(
+        verify=VerifyOptions(shortlist=RECONSTRUCT_SHORTLIST)
+    )
 
 
 def run_matching(
@@ -164,6 +167,5 @@ def reconstruct(
 
 def _verify_record(options: ReconstructionOptions) -> dict:
     """How the retrieval pairs were verified (stats.json): method, shortlist and SIFT features used."""
-    pairs_options = options.retrieval_kwargs.get("options") or reconstruct_pairs_options()
-    verify = pairs_options.verify
+    verify = _pairs_options(options).verify
     return {"method": verify.method, "shortlist": verify.shortlist, "features": verify.num_features}
