@@ -1,14 +1,18 @@
-"""Verification variants on the labelled scenes of an `overlap_suite.py` run (RESULTS.md §11): the matcher's ratio test.
+"""Verification variants on the labelled scenes of an `overlap_suite.py` run (RESULTS.md §11): features and ratio test.
 
     python benchmarks/verify_variants.py outputs/overlap_suite/batch1 --labels-root outputs/labels \
         --scenes alexander coal_oil_point --ratios 0.8 0.9
+    python benchmarks/verify_variants.py outputs/overlap_suite/batch1 --labels-root outputs/labels \
+        --scenes alexander coal_oil_point --features 1024 2048 --subset first
 
 For each scene, the suite's fast-mode ranking (`prmac/co/pairs-<scene>.txt`) gives each query's CNN + PR-MAC top N;
-those pairs are verified by COLMAP on the scene's SIFT database (`work/sift-<scene>/database.db`, first F features)
-with each ratio, in a working database per ratio, and re-ranked as `mirror_sfm pairs` does (`rerank_by_geometry`:
-effective inliers, verified reverse candidates, the rest of the CNN ranking after). Reported per scene and ratio:
-AP@10 at CO >= 0.5 and at symmetric CT >= 0.2, the share of shortlisted positives (CO >= 0.5) that fail verification
-and of shortlisted negatives that pass, and the verified-pairs time.
+those pairs are verified by COLMAP on the scene's SIFT database (`work/sift-<scene>/database.db`: F features per
+image chosen by `--subset`) for every combination of `--features` and `--ratios`, each in its own working database
+beside the suite's (the suite's database itself is only read), and re-ranked as `mirror_sfm pairs` does
+(`rerank_by_geometry`: effective inliers, verified reverse candidates, the rest of the CNN ranking after). Reported
+per scene and variant: AP@10 at CO >= 0.5 and at symmetric CT >= 0.2; of the shortlisted pairs that truly overlap
+(CO >= 0.5) the share that fails verification and their median inliers, of the others the share that passes and
+theirs; and the time verification took (0 where the working database already held these matches).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 for path in (REPO, REPO / "benchmarks"):
     if str(path) not in sys.path:
@@ -25,10 +31,24 @@ for path in (REPO, REPO / "benchmarks"):
 
 import overlap_map as om  # noqa: E402
 
-from mirror_sfm.verify import VerifyOptions, _pair_key, rerank_by_geometry, verify_pairs  # noqa: E402
+from mirror_sfm.database_reader import SUBSET, SUBSETS  # noqa: E402
+from mirror_sfm.verify import (  # noqa: E402
+    VerifyOptions,
+    _pair_key,
+    geometric_score,
+    rerank_by_geometry,
+    verify_pairs,
+)
+
+HEADER = (
+    "| scene | F | subset | ratio | AP@10 CO ≥ 0.5 | AP@10 CT ≥ 0.2 | positives | positives failing "
+    "| median inliers (pos.) | negatives | negatives passing | median inliers (neg.) | seconds |\n"
+    "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
 
 
 def ranking(cnn: dict[str, list[str]], scores: dict, shortlist: int) -> dict[str, list[str]]:
+    """Each query's ranking as `mirror_sfm pairs` would write it, the rest of its CNN ranking after."""
     candidates = [(q, d) for q, ranked in cnn.items() for d in ranked[:shortlist]]
     cnn_scores = [-cnn[q].index(d) for q, d in candidates]  # CNN order breaks ties
     pairs, _, _ = rerank_by_geometry(candidates, cnn_scores, scores, shortlist)
@@ -38,38 +58,82 @@ def ranking(cnn: dict[str, list[str]], scores: dict, shortlist: int) -> dict[str
     return {q: out.get(q, []) + [d for d in ranked if d not in out.get(q, [])] for q, ranked in cnn.items()}
 
 
+def pass_rates(inliers: list[int], positive: list[bool]) -> dict:
+    """Share of positive pairs failing (0 inliers), of negatives passing, and each side's median passing inliers."""
+    x, pos = np.asarray(inliers), np.asarray(positive, dtype=bool)
+    median = lambda v: float(np.median(v[v > 0])) if (v > 0).any() else 0.0  # noqa: E731
+    return {
+        "positives": int(pos.sum()),
+        "positives_failing": float((x[pos] == 0).mean()) if pos.any() else 0.0,
+        "positive_median": median(x[pos]),
+        "negatives": int((~pos).sum()),
+        "negatives_passing": float((x[~pos] > 0).mean()) if (~pos).any() else 0.0,
+        "negative_median": median(x[~pos]),
+    }
+
+
+def run_variant(suite: Path, labels_root: Path, scene: str, shortlist: int, options: VerifyOptions) -> dict:
+    co = om.load_gt(labels_root / scene, om.LabelOptions("co"))
+    ct = om.load_gt(labels_root / scene, om.LabelOptions("ct"))
+    cnn = om.rankings_from_pairs(suite / "prmac" / "co" / f"pairs-{scene}.txt", co.names)
+    database = suite / "work" / f"sift-{scene}" / "database.db"
+    pairs = [(q, d) for q in co.names for d in cnn[q][:shortlist]]
+    default = options.max_ratio == VerifyOptions.max_ratio and options.feature_subset == SUBSET
+    # the suite's own working database for the defaults (its matches resume), one per variant otherwise
+    suffix = "" if default else f"-{options.feature_subset}-ratio{options.max_ratio}"
+    work = database.with_name(f"database-verify-{options.num_features}{suffix}.db")
+    t0 = time.perf_counter()
+    scores = verify_pairs(database, pairs, options, work_database=work)
+    seconds = time.perf_counter() - t0
+    inliers = inlier_counts(work, pairs, options)
+    ranked = ranking(cnn, scores, shortlist)
+    return {
+        "ap_co": om.score(ranked, co.positives, co.names, [10])["map"]["10"]["ap_at_k"],
+        "ap_ct": om.score(ranked, ct.positives, co.names, [10])["map"]["10"]["ap_at_k"],
+        **pass_rates([inliers.get(_pair_key(q, d), 0) for q, d in pairs], [d in co.positives[q] for q, d in pairs]),
+        "seconds": seconds,
+    }
+
+
+def inlier_counts(work: Path, pairs: list, options: VerifyOptions) -> dict:
+    """Inlier count of every verified pair in the working database (0 where COLMAP would drop it)."""
+    import pycolmap
+
+    keys = {_pair_key(a, b) for a, b in pairs}
+    out = {}
+    with pycolmap.Database.open(str(work)) as db:
+        names = {int(image.image_id): image.name for image in db.read_all_images()}
+        for pair_id, geometry in zip(*db.read_two_view_geometries()):
+            a, b = pycolmap.pair_id_to_image_pair(int(pair_id))
+            key = _pair_key(names[int(a)], names[int(b)])
+            if key in keys:
+                out[key] = geometric_score(geometry, options.min_num_inliers)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("suite", type=Path, help="an overlap_suite.py output folder (with prmac/ and work/)")
     p.add_argument("--labels-root", type=Path, required=True)
     p.add_argument("--scenes", nargs="+", required=True)
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.8, 0.9])
+    p.add_argument("--features", type=int, nargs="+", default=[VerifyOptions.num_features])
+    p.add_argument("--subset", choices=SUBSETS, default=SUBSET, help="which F features of each image verify")
+    p.add_argument("--ratios", type=float, nargs="+", default=[VerifyOptions.max_ratio])
     p.add_argument("--shortlist", type=int, default=30)
-    p.add_argument("--features", type=int, default=2048)
     args = p.parse_args(argv)
-    print("| scene | ratio | AP@10 CO ≥ 0.5 | AP@10 CT ≥ 0.2 | positives failing | negatives passing | seconds |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(HEADER)
     for scene in args.scenes:
-        co = om.load_gt(args.labels_root / scene, om.LabelOptions("co"))
-        ct = om.load_gt(args.labels_root / scene, om.LabelOptions("ct"))
-        cnn = om.rankings_from_pairs(args.suite / "prmac" / "co" / f"pairs-{scene}.txt", co.names)
-        database = args.suite / "work" / f"sift-{scene}" / "database.db"
-        pairs = [(q, d) for q in co.names for d in cnn[q][: args.shortlist]]
-        for ratio in args.ratios:
-            options = VerifyOptions(num_features=args.features, max_ratio=ratio)
-            default = ratio == VerifyOptions.max_ratio  # the suite's own working database (its matches resume)
-            work = database.with_name(f"database-verify-{args.features}{'' if default else f'-ratio{ratio}'}.db")
-            t0 = time.perf_counter()
-            scores = verify_pairs(database, pairs, options, work_database=work)
-            seconds = time.perf_counter() - t0
-            ranked = ranking(cnn, scores, args.shortlist)
-            ap_co = om.score(ranked, co.positives, co.names, [10])["map"]["10"]["ap_at_k"]
-            ap_ct = om.score(ranked, ct.positives, co.names, [10])["map"]["10"]["ap_at_k"]
-            positive = [scores.get(_pair_key(q, d), 0) for q, d in pairs if d in co.positives[q]]
-            negative = [scores.get(_pair_key(q, d), 0) for q, d in pairs if d not in co.positives[q]]
-            fail = sum(s == 0 for s in positive) / max(1, len(positive))
-            passing = sum(s > 0 for s in negative) / max(1, len(negative))
-            print(f"| {scene} | {ratio} | {ap_co:.3f} | {ap_ct:.3f} | {fail:.1%} | {passing:.1%} | {seconds:.0f} |")
+        for features in args.features:
+            for ratio in args.ratios:
+                options = VerifyOptions(num_features=features, feature_subset=args.subset, max_ratio=ratio)
+                r = run_variant(args.suite, args.labels_root, scene, args.shortlist, options)
+                print(
+                    f"| {scene} | {features} | {args.subset} | {ratio} | {r['ap_co']:.3f} | {r['ap_ct']:.3f} | "
+                    f"{r['positives']} | {r['positives_failing']:.1%} | {r['positive_median']:.0f} | "
+                    f"{r['negatives']} | {r['negatives_passing']:.1%} | {r['negative_median']:.0f} | "
+                    f"{r['seconds']:.0f} |",
+                    flush=True,
+                )
     return 0
 
 

@@ -554,3 +554,16 @@ def test_whitening_eval_configs_recall_and_paired_delta():
     better = {"scenes": {"s": {"ap10_co_per_query": {"q1": 0.6, "q2": 0.6, "q3": 0.6}}}}
     mean, lo, hi = wev.paired_delta(better, base, samples=200)
     assert mean == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+
+
+def test_verify_variants_pass_rates_and_ranking():
+    vv = _load("verify_variants")
+    r = vv.pass_rates([0, 40, 60, 0, 20, 0], [True, True, True, False, False, False])
+    assert r["positives"] == 3 and r["negatives"] == 3
+    assert r["positives_failing"] == pytest.approx(1 / 3) and r["negatives_passing"] == pytest.approx(1 / 3)
+    assert r["positive_median"] == 50 and r["negative_median"] == 20  # medians of the passing pairs only
+    assert vv.pass_rates([0, 0], [True, False])["positive_median"] == 0.0
+    cnn = {"q": ["a", "b", "c", "d"], "a": ["q"], "b": [], "c": [], "d": []}
+    scores = {("b", "q"): 30, ("a", "q"): 0, ("c", "q"): 80}
+    # verified candidates by score, the failed one after, the rest of the CNN ranking (beyond N) last
+    assert vv.ranking(cnn, scores, 3)["q"] == ["c", "b", "a", "d"]
