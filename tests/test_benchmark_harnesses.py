@@ -196,6 +196,20 @@ def test_summarize_sfm_comparison(tmp_path, capsys):
     assert "| scene | vocabtree | 9 / 10 | – | 2 |" in out.out and "| scene | sequential | failed: boom |" in out.out
     assert "skipped" in out.err and "missing" in out.err
     assert summ.main([str(tmp_path / "missing")]) == 2
+    assert "mean vs exhaustive" not in out.out  # no table of seeds without --repeats
+
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    exh, ver = rec("exhaustive", 40, 1000, 80.0), rec("retrieval-verified@5", 10, 950, 20.0)
+    exh["repeats"] = [{"seed": s, "registered": n} for s, n in enumerate((10, 10, 10))]
+    ver["repeats"] = [{"seed": s, "registered": n} for s, n in enumerate((8, 9, 10))]
+    (seeds / "results.json").write_text(json.dumps([exh, ver]))
+    assert summ.main([str(seeds)]) == 0
+    out = capsys.readouterr().out
+    assert "| seeds | exhaustive | 3 | 10 / 10 / 10 | 10.0 | 10–10 | – |" in out
+    assert "| seeds | retrieval-verified@5 | 3 | 8 / 9 / 10 | 9.0 | 8–10 | 0.900 [0.8" in out
+    mean, lo, hi = summ.ratio_interval([8, 9, 10], [10, 10, 10])
+    assert mean == pytest.approx(0.9) and 0.8 <= lo < 0.9 < hi <= 1.0
 
 
 def test_sfm_comparison_needs_a_vocab_tree(tmp_path, capsys):
