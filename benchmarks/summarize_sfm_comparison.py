@@ -47,8 +47,7 @@ def seconds(record: dict) -> float:
     return record.get("method_s", record["time_s"]["total"])
 
 
-def rows(out_dir: Path) -> list[str]:
-    records = json.loads((out_dir / "results.json").read_text())
+def rows(out_dir: Path, records: list[dict]) -> list[str]:
     base = next((r for r in records if r["method"] == "exhaustive" and "error" not in r), None)
 
     def ratio(r: dict, key: str) -> str:
@@ -78,9 +77,9 @@ def ratio_interval(values: list[int], base: list[int], samples: int = 10_000, se
     return float(a.mean() / b.mean()), float(lo), float(hi)
 
 
-def seed_rows(out_dir: Path) -> list[str]:
+def seed_rows(out_dir: Path, records: list[dict]) -> list[str]:
     """One row per method mapped with several seeds: largest model per seed, mean, mean vs exhaustive's mean."""
-    records = [r for r in json.loads((out_dir / "results.json").read_text()) if r.get("repeats")]
+    records = [r for r in records if r.get("repeats")]
     base = next((r for r in records if r["method"] == "exhaustive"), None)
     base_values = [s["registered"] for s in base["repeats"]] if base else None
     out = []
@@ -99,9 +98,10 @@ def seed_rows(out_dir: Path) -> list[str]:
 
 def markdown(out_dirs: list[Path]) -> str:
     lines = [f"| {COLUMNS} |", "|---|---|" + "---:|" * 10]
+    records = {d: json.loads((d / "results.json").read_text()) for d in out_dirs}
     for d in out_dirs:
-        lines += rows(d)
-    seeds = [row for d in out_dirs for row in seed_rows(d)]
+        lines += rows(d, records[d])
+    seeds = [row for d in out_dirs for row in seed_rows(d, records[d])]
     if seeds:
         lines += [
             "",

@@ -11,8 +11,8 @@ image chosen by `--subset`) for every combination of `--features` and `--ratios`
 beside the suite's (the suite's database itself is only read), and re-ranked as `mirror_sfm pairs` does
 (`rerank_by_geometry`: effective inliers, verified reverse candidates, the rest of the CNN ranking after). Reported
 per scene and variant: AP@10 at CO >= 0.5 and at symmetric CT >= 0.2; of the shortlisted pairs that truly overlap
-(CO >= 0.5) the share that fails verification and their median inliers, of the others the share that passes and
-theirs; and the time verification took (0 where the working database already held these matches).
+(CO >= 0.5) the share that fails verification, of the others the share that passes, and on each side the median
+inliers of the pairs that pass; and the time verification took (0 where the working database held these matches).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +33,7 @@ for path in (REPO, REPO / "benchmarks"):
 import overlap_map as om  # noqa: E402
 
 from mirror_sfm.database_reader import SUBSET, SUBSETS  # noqa: E402
-from mirror_sfm.verify import (  # noqa: E402
-    VerifyOptions,
-    _pair_key,
-    geometric_score,
-    rerank_by_geometry,
-    verify_pairs,
-)
+from mirror_sfm.verify import VerifyOptions, _pair_key, rerank_by_geometry, verify_pairs  # noqa: E402
 
 HEADER = (
     "| scene | F | subset | ratio | AP@10 CO ≥ 0.5 | AP@10 CT ≥ 0.2 | positives | positives failing "
@@ -72,43 +67,47 @@ def pass_rates(inliers: list[int], positive: list[bool]) -> dict:
     }
 
 
-def run_variant(suite: Path, labels_root: Path, scene: str, shortlist: int, options: VerifyOptions) -> dict:
+@dataclass
+class Scene:
+    """One labelled scene of the suite: its labels, fast-mode ranking, SIFT database and shortlisted pairs."""
+
+    co: object
+    ct: object
+    cnn: dict[str, list[str]]
+    database: Path
+    pairs: list[tuple[str, str]]
+
+
+def load_scene(suite: Path, labels_root: Path, scene: str, shortlist: int) -> Scene:
     co = om.load_gt(labels_root / scene, om.LabelOptions("co"))
-    ct = om.load_gt(labels_root / scene, om.LabelOptions("ct"))
     cnn = om.rankings_from_pairs(suite / "prmac" / "co" / f"pairs-{scene}.txt", co.names)
-    database = suite / "work" / f"sift-{scene}" / "database.db"
-    pairs = [(q, d) for q in co.names for d in cnn[q][:shortlist]]
+    return Scene(
+        co=co,
+        ct=om.load_gt(labels_root / scene, om.LabelOptions("ct")),
+        cnn=cnn,
+        database=suite / "work" / f"sift-{scene}" / "database.db",
+        pairs=[(q, d) for q in co.names for d in cnn[q][:shortlist]],
+    )
+
+
+def run_variant(scene: Scene, shortlist: int, options: VerifyOptions) -> dict:
     default = options.max_ratio == VerifyOptions.max_ratio and options.feature_subset == SUBSET
     # the suite's own working database for the defaults (its matches resume), one per variant otherwise
     suffix = "" if default else f"-{options.feature_subset}-ratio{options.max_ratio}"
-    work = database.with_name(f"database-verify-{options.num_features}{suffix}.db")
+    work = scene.database.with_name(f"database-verify-{options.num_features}{suffix}.db")
     t0 = time.perf_counter()
-    scores = verify_pairs(database, pairs, options, work_database=work)
+    scores = verify_pairs(scene.database, scene.pairs, options, work_database=work)
     seconds = time.perf_counter() - t0
-    inliers = inlier_counts(work, pairs, options)
-    ranked = ranking(cnn, scores, shortlist)
+    # the same working database scored by inlier count: every pair is matched already, so nothing is matched again
+    inliers = verify_pairs(scene.database, scene.pairs, replace(options, score="inliers"), work_database=work)
+    ranked = ranking(scene.cnn, scores, shortlist)
+    co, pairs = scene.co, scene.pairs
     return {
         "ap_co": om.score(ranked, co.positives, co.names, [10])["map"]["10"]["ap_at_k"],
-        "ap_ct": om.score(ranked, ct.positives, co.names, [10])["map"]["10"]["ap_at_k"],
-        **pass_rates([inliers.get(_pair_key(q, d), 0) for q, d in pairs], [d in co.positives[q] for q, d in pairs]),
+        "ap_ct": om.score(ranked, scene.ct.positives, co.names, [10])["map"]["10"]["ap_at_k"],
+        **pass_rates([inliers[_pair_key(q, d)] for q, d in pairs], [d in co.positives[q] for q, d in pairs]),
         "seconds": seconds,
     }
-
-
-def inlier_counts(work: Path, pairs: list, options: VerifyOptions) -> dict:
-    """Inlier count of every verified pair in the working database (0 where COLMAP would drop it)."""
-    import pycolmap
-
-    keys = {_pair_key(a, b) for a, b in pairs}
-    out = {}
-    with pycolmap.Database.open(str(work)) as db:
-        names = {int(image.image_id): image.name for image in db.read_all_images()}
-        for pair_id, geometry in zip(*db.read_two_view_geometries()):
-            a, b = pycolmap.pair_id_to_image_pair(int(pair_id))
-            key = _pair_key(names[int(a)], names[int(b)])
-            if key in keys:
-                out[key] = geometric_score(geometry, options.min_num_inliers)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,13 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shortlist", type=int, default=30)
     args = p.parse_args(argv)
     print(HEADER)
-    for scene in args.scenes:
+    for name in args.scenes:
+        scene = load_scene(args.suite, args.labels_root, name, args.shortlist)
         for features in args.features:
             for ratio in args.ratios:
                 options = VerifyOptions(num_features=features, feature_subset=args.subset, max_ratio=ratio)
-                r = run_variant(args.suite, args.labels_root, scene, args.shortlist, options)
+                r = run_variant(scene, args.shortlist, options)
                 print(
-                    f"| {scene} | {features} | {args.subset} | {ratio} | {r['ap_co']:.3f} | {r['ap_ct']:.3f} | "
+                    f"| {name} | {features} | {args.subset} | {ratio} | {r['ap_co']:.3f} | {r['ap_ct']:.3f} | "
                     f"{r['positives']} | {r['positives_failing']:.1%} | {r['positive_median']:.0f} | "
                     f"{r['negatives']} | {r['negatives_passing']:.1%} | {r['negative_median']:.0f} | "
                     f"{r['seconds']:.0f} |",
