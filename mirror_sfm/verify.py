@@ -73,7 +73,8 @@ class VerifyOptions:
         sift_max_num_features: light SIFT (no database given): features per image.
         num_threads: COLMAP matching and verification threads (-1: all cores).
         device: auto: COLMAP's CUDA matcher where pycolmap has CUDA | cpu | cuda.
-        seed: RANSAC seed, so a re-run gives the same scores.
+        seed: RANSAC seed, so a re-run usually gives the same scores (not always: on one CI machine COLMAP's
+            CPU matching gave two pairs different scores in two runs on the same features).
         score: what orders a query's verified candidates: effective (COLMAP's effective inliers: cells of a
             32 x 32 grid holding an inlier, the smaller count of the two images, so it grows with the shared
             area) | inliers (the inlier count).

@@ -260,7 +260,15 @@ def test_working_database_of_an_image_subset_holds_only_those_images(tmp_path, f
     opts = VerifyOptions(num_features=300)
     full = verify_pairs(fixture_database, pairs, opts, work_database=tmp_path / "full.db")
     part = verify_pairs(fixture_database, pairs, opts, work_database=tmp_path / "part.db", work_images=subset)
-    assert part == full and any(full.values())  # the same scores (and image ids) as a copy of every image
+    # The matcher sees the same input as in a copy of every image: image ids, keypoints and descriptors. (Not the
+    # same scores: COLMAP's CPU matcher may differ between two runs on some machines; CI saw two pairs swap.)
+    assert part.keys() == full.keys() and any(part.values()) and any(full.values())
+    with pycolmap.Database.open(str(tmp_path / "part.db")) as p, pycolmap.Database.open(str(tmp_path / "full.db")) as f:
+        for name in subset:
+            image = p.read_image_with_name(name)
+            assert image.image_id == f.read_image_with_name(name).image_id
+            assert np.array_equal(p.read_keypoints(image.image_id), f.read_keypoints(image.image_id))
+            assert np.array_equal(p.read_descriptors(image.image_id).data, f.read_descriptors(image.image_id).data)
     images, cameras, frames, rigs = _held(tmp_path / "part.db")
     all_images, all_cameras, all_frames, all_rigs = _held(fixture_database)
     assert images == subset and len(all_images) == 12
