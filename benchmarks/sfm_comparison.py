@@ -25,7 +25,8 @@ Methods (K defaults to --num-matched):
                               inliers (the run's own SIFT, its --verify-features largest scales), best K kept
   retrieval[-WEIGHTS]@match-M K chosen so that the pair count matches that of vocab-tree method M
                               (e.g. retrieval@match-vocabtree): the paper's "fix the number of pairs"
-Resumable: a method whose record is in results.json is not run again (--force runs it again).
+Resumable: a method whose record is in results.json is not run again (--force runs it again); a method stopped
+midway keeps the mapping seeds it finished (each in methods/METHOD/repeat-S/row.json) and maps only the rest.
 --repeats R maps each method's matches R times with mapper seeds 0..R-1 (the record keeps every run and the
 spread of registered images): on scenes whose largest model varies from run to run one mapping cannot rank methods.
 """
@@ -64,6 +65,7 @@ logger = logging.getLogger("mirror_sfm.bench")
 
 KINDS = ("exhaustive", "sequential", "vocabtree", "vocabtree-sv", "retrieval", "retrieval-verified")
 VOCAB_KINDS = ("vocabtree", "vocabtree-sv")
+ROW_NAME = "row.json"  # one mapping seed's row, saved in its repeat-S folder
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,16 +457,24 @@ def run_method(
 def repeat_mapping(
     run_dir: Path, image_dir: Path, opts: ReconstructionOptions, first: dict, repeats: int
 ) -> list[dict]:
-    """Map the method's matches again with seeds 1..repeats-1 (the first run used seed 0); one row per run."""
+    """Map the method's matches again with seeds 1..repeats-1 (the first run used seed 0); one row per run.
+
+    Each seed's row is saved in its folder (`repeat-S/row.json`) as soon as it is mapped, so a killed run resumes:
+    a saved row is kept while the matches it was mapped from (pairs matched and verified) are the same."""
     from mirror_sfm.colmap import model_stats, run_mapping
 
     keys = ("registered", "registered_any_model", "num_models", "sparse_points")
+    matches = {k: first.get(k) for k in ("pairs_to_match", "verified_pairs")}
     rows = [{"seed": 0, **{k: first.get(k) for k in keys}}]
     for seed in range(1, repeats):
+        seed_dir = run_dir / f"repeat-{seed}"
+        saved = _saved_row(seed_dir / ROW_NAME, matches)
+        if saved is not None:
+            rows.append(saved)
+            logger.info("repeat %d: %d registered (kept from an earlier run)", seed, saved["registered"])
+            continue
         t0 = time.perf_counter()
-        models = run_mapping(
-            run_dir / DATABASE_NAME, image_dir, run_dir / f"repeat-{seed}", replace(opts, mapper_seed=seed)
-        )
+        models = run_mapping(run_dir / DATABASE_NAME, image_dir, seed_dir, replace(opts, mapper_seed=seed))
         rows.append(
             {
                 "seed": seed,
@@ -472,8 +482,20 @@ def repeat_mapping(
                 "mapping_s": round(time.perf_counter() - t0, 3),
             }
         )
+        write_text_atomic(seed_dir / ROW_NAME, json.dumps({"matches": matches, "row": rows[-1]}, indent=2) + "\n")
         logger.info("repeat %d: %d registered", seed, rows[-1]["registered"])
     return rows
+
+
+def _saved_row(path: Path, matches: dict) -> dict | None:
+    """A seed's row saved by an earlier run from the same matches, else None (none saved, or unreadable)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("matches") != matches or not isinstance(saved.get("row"), dict):
+        return None
+    return saved["row"]
 
 
 def run_order(methods: list[Method], by_name: dict[str, Method]) -> list[Method]:

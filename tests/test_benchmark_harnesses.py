@@ -158,6 +158,21 @@ def test_sfm_comparison_verified_retrieval_with_repeats(tmp_path):
     scores = (out / "methods" / "retrieval-verified@3" / "pairs-retrieval.txt").read_text().splitlines()
     assert len(scores) == 36
 
+    # stopped before its record was written: the finished seed is kept, not mapped again
+    row = out / "methods" / "retrieval-verified@3" / "repeat-1" / "row.json"
+    stamp = row.stat().st_mtime_ns
+    (out / "results.json").unlink()
+    assert sfm.main(argv) == 0
+    (again,) = json.loads((out / "results.json").read_text())
+    assert row.stat().st_mtime_ns == stamp and again["repeats"][1] == rec["repeats"][1]
+    assert again["pairs_to_match"] == rec["pairs_to_match"]
+    saved = json.loads(row.read_text())
+    saved["matches"]["verified_pairs"] += 1000  # a row mapped from other matches is mapped again
+    row.write_text(json.dumps(saved))
+    (out / "results.json").unlink()
+    assert sfm.main(argv) == 0
+    assert json.loads(row.read_text())["matches"] == {k: again[k] for k in ("pairs_to_match", "verified_pairs")}
+
 
 def test_summarize_sfm_comparison(tmp_path, capsys):
     summ = _load("summarize_sfm_comparison")
