@@ -32,6 +32,7 @@ for path in (REPO, REPO / "benchmarks"):
 
 import overlap_map as om  # noqa: E402
 
+from mirror_sfm.console import run_command  # noqa: E402
 from mirror_sfm.database_reader import SUBSET, SUBSETS  # noqa: E402
 from mirror_sfm.verify import VerifyOptions, _pair_key, rerank_by_geometry, verify_pairs  # noqa: E402
 
@@ -120,9 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratios", type=float, nargs="+", default=[VerifyOptions.max_ratio])
     p.add_argument("--shortlist", type=int, default=30)
     args = p.parse_args(argv)
+    resume = "working databases keep their matches; re-run to resume"
+    return run_command("verify_variants", lambda: report(args), resume)
+
+
+def report(args: argparse.Namespace) -> None:
+    """Print the table, one row per scene and variant as it is measured (every scene's files read first)."""
+    scenes = {name: load_scene(args.suite, args.labels_root, name, args.shortlist) for name in args.scenes}
     print(HEADER)
-    for name in args.scenes:
-        scene = load_scene(args.suite, args.labels_root, name, args.shortlist)
+    for name, scene in scenes.items():
         for features in args.features:
             for ratio in args.ratios:
                 options = VerifyOptions(num_features=features, feature_subset=args.subset, max_ratio=ratio)
@@ -134,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['seconds']:.0f} |",
                     flush=True,
                 )
-    return 0
 
 
 if __name__ == "__main__":

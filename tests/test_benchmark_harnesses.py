@@ -596,3 +596,10 @@ def test_verify_variants_pass_rates_and_ranking():
     scores = {("b", "q"): 30, ("a", "q"): 0, ("c", "q"): 80}
     # verified candidates by score, the failed one after, the rest of the CNN ranking (beyond N) last
     assert vv.ranking(cnn, scores, 3)["q"] == ["c", "b", "a", "d"]
+
+
+def test_verify_variants_missing_suite_file_is_one_line(tmp_path, capsys):
+    vv = _load("verify_variants")
+    assert vv.main([str(tmp_path / "suite"), "--labels-root", str(tmp_path), "--scenes", "a"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("verify_variants: error:") and str(tmp_path / "a") in err[0]
