@@ -464,7 +464,8 @@ def verify_on_ray(
     allow_missing: bool,
     ray_options: RayOptions,
 ) -> dict[Pair, int]:
-    """`verify.verify_pairs` on a Ray cluster: the same scores (keyed by the sorted name pair), see the module doc."""
+    """`verify.verify_pairs` on a Ray cluster: scores keyed by the sorted name pair, from the same COLMAP input as one
+    process (see the module doc)."""
     from .verify import VerifyOptions, checked_pair_keys
 
     options = options or VerifyOptions()
