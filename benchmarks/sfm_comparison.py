@@ -432,7 +432,7 @@ def run_method(
         opts = replace(opts, mapper_seed=0)
     stats = reconstruct(image_dir, run_dir, opts)
     if args.repeats > 1:
-        record["repeats"] = repeat_mapping(run_dir, image_dir, opts, stats, args.repeats)
+        record["repeats"] = repeat_mapping(run_dir, image_dir, opts, stats, args.repeats, keep_saved=not args.force)
         registered = [r["registered"] for r in record["repeats"]]
         record.update(
             registered_min=min(registered),
@@ -455,12 +455,13 @@ def run_method(
 
 
 def repeat_mapping(
-    run_dir: Path, image_dir: Path, opts: ReconstructionOptions, first: dict, repeats: int
+    run_dir: Path, image_dir: Path, opts: ReconstructionOptions, first: dict, repeats: int, keep_saved: bool = True
 ) -> list[dict]:
     """Map the method's matches again with seeds 1..repeats-1 (the first run used seed 0); one row per run.
 
     Each seed's row is saved in its folder (`repeat-S/row.json`) as soon as it is mapped, so a killed run resumes:
-    a saved row is kept while the matches it was mapped from (pairs matched and verified) are the same."""
+    a saved row is kept while the matches it was mapped from (pairs matched and verified) are the same, unless
+    `keep_saved` is False (--force)."""
     from mirror_sfm.colmap import model_stats, run_mapping
 
     keys = ("registered", "registered_any_model", "num_models", "sparse_points")
@@ -468,7 +469,7 @@ def repeat_mapping(
     rows = [{"seed": 0, **{k: first.get(k) for k in keys}}]
     for seed in range(1, repeats):
         seed_dir = run_dir / f"repeat-{seed}"
-        saved = _saved_row(seed_dir / ROW_NAME, matches)
+        saved = _saved_row(seed_dir / ROW_NAME, matches) if keep_saved else None
         if saved is not None:
             rows.append(saved)
             logger.info("repeat %d: %d registered (kept from an earlier run)", seed, saved["registered"])

@@ -172,6 +172,9 @@ def test_sfm_comparison_verified_retrieval_with_repeats(tmp_path):
     (out / "results.json").unlink()
     assert sfm.main(argv) == 0
     assert json.loads(row.read_text())["matches"] == {k: again[k] for k in ("pairs_to_match", "verified_pairs")}
+    stamp = row.stat().st_mtime_ns
+    assert sfm.main([*argv, "--force"]) == 0  # --force maps every seed again
+    assert row.stat().st_mtime_ns != stamp
 
 
 def test_summarize_sfm_comparison(tmp_path, capsys):
