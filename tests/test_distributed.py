@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import ray
 from conftest import FIXTURE
-from test_verify import _sift_database
+from test_verify import _sift_database, same_matcher_inputs
 
 from mirror_sfm.cli import main
 from mirror_sfm.distributed import RayOptions, _auth_hint, shards_dir
@@ -161,9 +161,9 @@ def test_ray_verification_feeds_colmap_the_single_process_inputs(ray_local, sing
     assert len(single_pairs) == len(ray_pairs) == 36 and any(s == 0 for *_, s in single_scores)  # some fail
     workers = sorted((tmp_path / "ray" / "pairs-verify.db.shards").glob("worker-*.db"))
     assert len(workers) == 2
-    held = [worker_images(path) for path in workers]
-    for images, paired in held:  # each worker's copy: only the images of the pairs it verified
-        assert images == paired and len(images) < len(NAMES)
+    held = [worker_contents(path) for path in workers]
+    for images, matched in held:  # each worker's copy: only the images of the pairs it verified
+        assert images == {n for pair in matched for n in pair} and len(images) < len(NAMES)
     assert set().union(*(images for images, _ in held)) <= set(NAMES)
     # Each worker gave COLMAP what the single process gave it (image ids, keypoints, descriptors) ...
     whole = tmp_path / "single" / "pairs-verify.db"
@@ -174,41 +174,17 @@ def test_ray_verification_feeds_colmap_the_single_process_inputs(ray_local, sing
     # different scores once on CI (test_verify's subset test); here, they are the same.
     reported = {tuple(sorted((a, b))): s for a, b, s in ray_scores}  # a pair kept both ways: one score
     assert len(reported) < len(ray_scores)
-    for worker, (images, _) in zip(workers, held):
-        mine = [p for p in reported if p in matched_pairs(worker)]
+    for worker, (images, matched) in zip(workers, held):
+        mine = [p for p in reported if p in matched]
         stored = verify_pairs(database, mine, options.verify, work_database=worker, work_images=sorted(images))
         assert stored == {p: reported[p] for p in mine}
-    unmatched = set(reported) - set().union(*(matched_pairs(w) for w in workers))
+    unmatched = set(reported) - set().union(*(matched for _, matched in held))
     assert len(unmatched) <= 2 < len(reported)
     assert all(reported[p] == 0 for p in unmatched)  # kept from beyond the shortlist: never verified
 
 
-def matched_pairs(path) -> set[tuple[str, str]]:
-    """The (sorted) name pairs a working database holds matches for."""
-    import pycolmap
-
-    with pycolmap.Database.open(str(path)) as db:
-        names = {int(i.image_id): i.name for i in db.read_all_images()}
-        ids, _ = db.read_two_view_geometries()
-    return {tuple(sorted(names[int(i)] for i in pycolmap.pair_id_to_image_pair(int(p)))) for p in ids}
-
-
-def same_matcher_inputs(part, whole, images) -> bool:
-    """Whether two working databases hold the same image ids, keypoints and descriptors for `images`."""
-    import pycolmap
-
-    with pycolmap.Database.open(str(part)) as a, pycolmap.Database.open(str(whole)) as b:
-        for name in images:
-            i, j = a.read_image_with_name(name).image_id, b.read_image_with_name(name).image_id
-            if i != j or not np.array_equal(a.read_keypoints(i), b.read_keypoints(j)):
-                return False
-            if not np.array_equal(a.read_descriptors(i).data, b.read_descriptors(j).data):
-                return False
-    return True
-
-
-def worker_images(path) -> tuple[set[str], set[str]]:
-    """(the images a working database holds, the images of the pairs matched in it, failed ones included)."""
+def worker_contents(path) -> tuple[set[str], set[tuple[str, str]]]:
+    """(the images a working database holds, the sorted name pairs matched in it, failed ones included)."""
     import sqlite3
 
     import pycolmap
@@ -219,8 +195,8 @@ def worker_images(path) -> tuple[set[str], set[str]]:
         pair_ids = [row[0] for row in con.execute("SELECT pair_id FROM matches")]
     finally:
         con.close()
-    paired = {names[int(i)] for p in pair_ids for i in pycolmap.pair_id_to_image_pair(p)}
-    return set(names.values()), paired
+    matched = {tuple(sorted(names[int(i)] for i in pycolmap.pair_id_to_image_pair(p))) for p in pair_ids}
+    return set(names.values()), matched
 
 
 def free_port() -> int:
